@@ -1,0 +1,62 @@
+"""Postgres plumbing: the pool as an aiohttp ``cleanup_ctx`` and the constraint-name mapping.
+
+Helpers here never commit on a caller's behalf: the service layer opens the transaction and
+passes the connection down to its store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from shared.errors import ProblemError
+from shared.keys import DB_POOL, SETTINGS
+
+Connection = asyncpg.Connection
+Pool = asyncpg.Pool
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    """Open a pool whose connections speak JSON for json/jsonb columns."""
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
+    )
+    assert pool is not None
+    return pool
+
+
+async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: one pool per process, closed on shutdown."""
+    settings = app[SETTINGS]
+    app[DB_POOL] = await create_pool(
+        settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+    )
+    yield
+    await app[DB_POOL].close()
+
+
+ConstraintMap = Mapping[str, Callable[[asyncpg.exceptions.IntegrityConstraintViolationError], ProblemError]]
+
+
+def constraint_problem(
+    exc: asyncpg.exceptions.IntegrityConstraintViolationError, mapping: ConstraintMap
+) -> ProblemError | None:
+    """Map a violated constraint to the domain problem registered under its name."""
+    name = getattr(exc, "constraint_name", None)
+    factory = mapping.get(name or "")
+    return factory(exc) if factory is not None else None
+
+
+def record_to_dict(record: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(record.items())

@@ -1,0 +1,82 @@
+"""The one event envelope of the platform and the typed payloads of the events defined so far.
+
+``type`` doubles as the RabbitMQ routing key; ``sequence`` counts per aggregate (one grant, one
+booking) so that a receiver can order the updates of one resource.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    type: str
+    occurred_at: datetime = Field(default_factory=utcnow)
+    clinic_id: uuid.UUID | None = None
+    sequence: int = 1
+    data: dict[str, Any]
+
+
+DataT = TypeVar("DataT", bound=BaseModel)
+
+
+def event_data(event: Event, model: type[DataT]) -> DataT:
+    """The envelope's ``data`` as its typed payload."""
+    return model.model_validate(event.data)
+
+
+# --- auth ------------------------------------------------------------------------------------
+
+
+class GrantChanged(BaseModel):
+    """``grant.created`` / ``grant.revoked``: an application's access to a clinic or group."""
+
+    grant_id: uuid.UUID
+    application_id: uuid.UUID
+    client_id: str
+    clinic_id: uuid.UUID | None
+    group_id: uuid.UUID | None
+    scopes: list[str]
+    changed_at: datetime
+
+
+class TokenRevoked(BaseModel):
+    """``token.revoked``: one access token (by ``jti``) must be refused until it expires."""
+
+    jti: str
+    client_id: str
+    expires_at: datetime
+
+
+class ApplicationChanged(BaseModel):
+    """``application.suspended`` / ``application.approved`` / ``application.updated``."""
+
+    application_id: uuid.UUID
+    client_id: str
+    status: str
+    environment: str
+    tier: int
+    contact_email: str
+    changed_at: datetime
+
+
+GRANT_CREATED = "grant.created"
+GRANT_REVOKED = "grant.revoked"
+TOKEN_REVOKED = "token.revoked"
+APPLICATION_APPROVED = "application.approved"
+APPLICATION_SUSPENDED = "application.suspended"
+APPLICATION_UPDATED = "application.updated"
+
+#: Events after which a resource service must refuse tokens it would have accepted before.
+REVOCATION_EVENTS = (GRANT_REVOKED, TOKEN_REVOKED, APPLICATION_SUSPENDED)

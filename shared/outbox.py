@@ -1,0 +1,152 @@
+"""Transactional outbox: ``emit`` inside the business transaction, ``OutboxRelay`` publishes after.
+
+The relay wakes on ``NOTIFY`` (sent at commit) and also polls, takes unpublished rows with
+``FOR UPDATE SKIP LOCKED`` so that several copies of a service share the work, publishes each
+with a publisher confirm and only then marks it sent. A broker outage leaves rows waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from pydantic import BaseModel
+
+from shared.broker import Broker, BrokerUnavailable
+from shared.events import Event, utcnow
+from shared.keys import BROKER, DB_POOL, SETTINGS
+
+log = logging.getLogger("vetgate.outbox")
+
+NOTIFY_CHANNEL = "vetgate_outbox"
+
+
+async def next_sequence(conn: asyncpg.Connection, aggregate: str) -> int:
+    """Allocate the next per-aggregate sequence number; rolled back with the transaction."""
+    value: int = await conn.fetchval(
+        """
+        INSERT INTO event_sequences (aggregate, last_sequence) VALUES ($1, 1)
+        ON CONFLICT (aggregate) DO UPDATE SET last_sequence = event_sequences.last_sequence + 1
+        RETURNING last_sequence
+        """,
+        aggregate,
+    )
+    return value
+
+
+async def emit(
+    conn: asyncpg.Connection,
+    event_type: str,
+    data: BaseModel | dict[str, Any],
+    *,
+    aggregate: str,
+    clinic_id: uuid.UUID | None = None,
+) -> Event:
+    """Write an event to the outbox in the caller's transaction."""
+    payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
+    event = Event(
+        type=event_type,
+        clinic_id=clinic_id,
+        sequence=await next_sequence(conn, aggregate),
+        occurred_at=utcnow(),
+        data=payload,
+    )
+    await conn.execute(
+        "INSERT INTO outbox (event_id, event_type, payload) VALUES ($1, $2, $3)",
+        event.id,
+        event.type,
+        event.model_dump(mode="json"),
+    )
+    await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+    return event
+
+
+class OutboxRelay:
+    def __init__(
+        self, pool: asyncpg.Pool, broker: Broker, *, poll_seconds: float = 1.0, batch: int = 100
+    ) -> None:
+        self._pool = pool
+        self._broker = broker
+        self._poll_seconds = poll_seconds
+        self._batch = batch
+        self._wake = asyncio.Event()
+
+    async def publish_pending(self) -> int:
+        """Publish one batch; return how many rows were marked sent."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """
+                SELECT seq, event_id, event_type, payload FROM outbox
+                WHERE published_at IS NULL ORDER BY seq LIMIT $1
+                FOR UPDATE SKIP LOCKED
+                """,
+                self._batch,
+            )
+            sent: list[int] = []
+            try:
+                for row in rows:
+                    await self._broker.publish(row["event_type"], row["payload"], row["event_id"])
+                    sent.append(row["seq"])
+            finally:
+                # Rows confirmed before a failure are marked, the rest stay for the next round.
+                if sent:
+                    await conn.execute(
+                        "UPDATE outbox SET published_at = now(), attempts = attempts + 1 "
+                        "WHERE seq = ANY($1::bigint[])",
+                        sent,
+                    )
+            return len(sent)
+
+    async def run(self) -> None:
+        listener = asyncio.create_task(self._listen())
+        backoff = self._poll_seconds
+        try:
+            while True:
+                try:
+                    while await self.publish_pending() == self._batch:
+                        pass
+                    backoff = self._poll_seconds
+                except (BrokerUnavailable, OSError, asyncpg.PostgresError) as exc:
+                    log.warning("outbox relay paused: %s", exc.__class__.__name__)
+                    backoff = min(backoff * 2, 15.0)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    async def _listen(self) -> None:
+        """Hold a LISTEN connection so committed events leave within milliseconds."""
+        while True:
+            try:
+                async with self._pool.acquire() as conn:
+                    await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+                    try:
+                        while not conn.is_closed():
+                            await asyncio.sleep(5)
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await conn.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await asyncio.sleep(2)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+
+async def relay_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: run the outbox relay for the life of the app."""
+    relay = OutboxRelay(app[DB_POOL], app[BROKER], poll_seconds=app[SETTINGS].outbox_poll_seconds)
+    task = asyncio.create_task(relay.run(), name="outbox-relay")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

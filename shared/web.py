@@ -1,0 +1,220 @@
+"""What every service's aiohttp app has: middlewares, health routes, request parsing.
+
+``base_app(settings)`` returns an app with request ids, JSON access logs, problem rendering,
+metrics, a body size limit, ``/healthz``, ``/readyz`` and ``/metrics``; each service adds its
+own ``cleanup_ctx`` entries and routes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import asyncpg
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from pydantic import BaseModel, ValidationError
+
+from shared.errors import (
+    PROBLEM_CONTENT_TYPE,
+    FieldError,
+    PayloadTooLarge,
+    ProblemError,
+    ValidationProblem,
+)
+from shared.keys import BROKER, DB_POOL, METRICS, SETTINGS
+from shared.logs import request_id_var
+from shared.metrics import Metrics
+from shared.settings import ServiceSettings
+
+log = logging.getLogger("vetgate.http")
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def problem_response(problem: ProblemError, request: web.Request | None = None) -> web.Response:
+    body = problem.to_problem(request.path if request is not None else None)
+    return web.Response(
+        status=problem.status,
+        text=json.dumps(body),
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers=problem.headers,
+    )
+
+
+_HTTP_SLUGS = {
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    413: ("payload-too-large", "Request body too large"),
+}
+
+
+@web.middleware
+async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, problem rendering, access log and metrics: the outermost layer."""
+    incoming = request.headers.get("X-Request-Id", "")
+    request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+    token = request_id_var.set(request_id)
+    started = time.perf_counter()
+    route = request.match_info.route.resource
+    route_name = route.canonical if route is not None else "unmatched"
+    try:
+        try:
+            response = await handler(request)
+        except ProblemError as problem:
+            response = problem_response(problem, request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            slug, title = _HTTP_SLUGS.get(exc.status, ("http-error", exc.reason))
+            response = problem_response(
+                ProblemError(exc.reason, slug=slug, title=title, status=exc.status), request
+            )
+            for name in ("Allow",):
+                if name in exc.headers:
+                    response.headers[name] = exc.headers[name]
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, route_name)
+            response = problem_response(
+                ProblemError(
+                    "An internal error occurred; quote the request id to support.",
+                    slug="internal-error",
+                    title="Internal server error",
+                    status=500,
+                    extra={"request_id": request_id},
+                ),
+                request,
+            )
+        response.headers["X-Request-Id"] = request_id
+        elapsed = time.perf_counter() - started
+        metrics = request.app.get(METRICS)
+        if metrics is not None:
+            metrics.requests.labels(request.method, route_name, str(response.status)).inc()
+            metrics.latency.labels(request.method, route_name).observe(elapsed)
+        if not request.path.startswith(("/healthz", "/readyz", "/metrics")):
+            log.info(
+                "%s %s %s",
+                request.method,
+                request.path,
+                response.status,
+                extra={"status": response.status, "duration_ms": round(elapsed * 1000, 2)},
+            )
+        return response
+    finally:
+        request_id_var.reset(token)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "service": request.app[SETTINGS].service_name})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks: dict[str, str] = {}
+    pool = request.app.get(DB_POOL)
+    try:
+        if pool is None:
+            raise OSError("no pool")
+        async with pool.acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1")
+        checks["database"] = "ok"
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        checks["database"] = "unavailable"
+    broker = request.app.get(BROKER)
+    checks["broker"] = "ok" if broker is not None and broker.is_ready() else "unavailable"
+    ready = all(v == "ok" for v in checks.values())
+    return web.json_response(
+        {"status": "ready" if ready else "not-ready", "checks": checks}, status=200 if ready else 503
+    )
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+def base_app(settings: ServiceSettings) -> web.Application:
+    """An aiohttp app with the platform's middlewares and operational routes."""
+    app = web.Application(
+        middlewares=[request_context_middleware], client_max_size=settings.max_body_bytes
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics(settings.service_name)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    return app
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def validation_problem(exc: ValidationError, location: str = "") -> ValidationProblem:
+    errors = []
+    for err in exc.errors(include_url=False):
+        parts = [str(p) for p in err["loc"]]
+        field = ".".join([location, *parts] if location else parts) or (location or "body")
+        errors.append(FieldError(field, err["msg"]))
+    return ValidationProblem(errors)
+
+
+def parse_model(model: type[ModelT], data: Any, location: str = "") -> ModelT:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_problem(exc, location) from None
+
+
+async def read_json(request: web.Request) -> Any:
+    if request.content_length is not None and request.content_length > request.app[SETTINGS].max_body_bytes:
+        raise PayloadTooLarge("The request body exceeds the allowed size")
+    if request.content_type != "application/json":
+        raise ProblemError(
+            "Send the body as application/json",
+            slug="unsupported-media-type",
+            title="Unsupported media type",
+            status=415,
+        )
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge("The request body exceeds the allowed size") from None
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValidationProblem(
+            [FieldError("body", f"Malformed JSON: {exc}")], "The body is not valid JSON"
+        ) from None
+
+
+async def parse_body(request: web.Request, model: type[ModelT]) -> ModelT:
+    """The JSON body validated as ``model``; field errors become a 422 problem."""
+    return parse_model(model, await read_json(request), "body")
+
+
+async def read_form(request: web.Request) -> Mapping[str, str]:
+    if request.content_length is not None and request.content_length > request.app[SETTINGS].max_body_bytes:
+        raise PayloadTooLarge("The request body exceeds the allowed size")
+    try:
+        form = await request.post()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge("The request body exceeds the allowed size") from None
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def parse_query(request: web.Request, model: type[ModelT]) -> ModelT:
+    return parse_model(model, dict(request.query), "query")
+
+
+def json_model(model: BaseModel, *, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        text=model.model_dump_json(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
