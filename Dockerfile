@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-
 # One image runs every Vetgate process; the compose file picks the command.
 
 FROM python:3.11-slim AS build

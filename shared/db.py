@@ -27,10 +27,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    """Open a pool whose connections speak JSON for json/jsonb columns."""
+async def create_pool(
+    dsn: str, *, schema: str = "public", min_size: int = 2, max_size: int = 10
+) -> asyncpg.Pool:
+    """Open a pool on the service's schema whose connections speak JSON for json/jsonb."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        command_timeout=30,
+        server_settings={"search_path": f"{schema},public", "application_name": "vetgate"},
     )
     assert pool is not None
     return pool
@@ -40,7 +47,10 @@ async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: one pool per process, closed on shutdown."""
     settings = app[SETTINGS]
     app[DB_POOL] = await create_pool(
-        settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+        settings.database_url,
+        schema=settings.db_schema,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
     )
     yield
     await app[DB_POOL].close()

@@ -25,6 +25,7 @@ class ProblemError(Exception):
     status: int = 400
     slug: str = "bad-request"
     title: str = "Bad request"
+    content_type: str = PROBLEM_CONTENT_TYPE
 
     def __init__(
         self,
@@ -128,6 +129,22 @@ class PayloadTooLarge(ProblemError):
     status = 413
     slug = "payload-too-large"
     title = "Request body too large"
+
+
+class OAuthError(ProblemError):
+    """An RFC 6749 §5.2 error: ``error`` and ``error_description`` plus the problem members.
+
+    OAuth clients read ``error``; the body stays ``application/json`` as RFC 6749 requires.
+    """
+
+    content_type = "application/json"
+    title = "OAuth error"
+
+    def __init__(self, error: str, description: str, *, status: int = 400, **kwargs: Any) -> None:
+        super().__init__(description, slug=f"oauth/{error}", status=status, **kwargs)
+        self.error = error
+        self.headers.setdefault("Cache-Control", "no-store")
+        self.extra.update(error=error, error_description=description)
 
 
 class ServiceUnavailable(ProblemError):

@@ -26,6 +26,7 @@ class ServiceSettings(BaseSettings):
         default="postgresql://postgres@127.0.0.1:5432/vetgate",
         validation_alias=AliasChoices("VETGATE_DATABASE_URL", "DATABASE_URL"),
     )
+    db_schema: str = "public"
     db_pool_min: int = 2
     db_pool_max: int = 10
     amqp_url: str = Field(

@@ -321,18 +321,8 @@ def jwks_fetcher(session: aiohttp.ClientSession, settings: ServiceSettings) -> C
     return fetch
 
 
-async def verifier_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: token verifier with a JWKS cache and a live revocation subscription.
-
-    Needs ``client_session_ctx`` and ``broker_ctx`` before it.
-    """
-    settings = app[SETTINGS]
-    jwks = JwksCache(
-        jwks_fetcher(app[HTTP_CLIENT], settings),
-        ttl=settings.jwks_cache_seconds,
-        min_refetch=settings.jwks_min_refetch_seconds,
-    )
-    verifier = TokenVerifier(jwks, issuer=settings.issuer, audience=settings.token_audience)
+async def install_verifier(app: web.Application, verifier: TokenVerifier) -> None:
+    """Make ``verifier`` the app's, with rate buckets and a live revocation subscription."""
     app[VERIFIER] = verifier
     app[_BUCKETS] = TokenBuckets()
 
@@ -343,4 +333,20 @@ async def verifier_ctx(app: web.Application) -> AsyncIterator[None]:
                 verifier.revocations.apply(event)
 
     await app[BROKER].subscribe_broadcast(REVOCATION_EVENTS, on_revocation)
+
+
+async def verifier_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx for resource services: JWKS fetched from the auth service over HTTP.
+
+    Needs ``client_session_ctx`` and ``broker_ctx`` before it.
+    """
+    settings = app[SETTINGS]
+    jwks = JwksCache(
+        jwks_fetcher(app[HTTP_CLIENT], settings),
+        ttl=settings.jwks_cache_seconds,
+        min_refetch=settings.jwks_min_refetch_seconds,
+    )
+    await install_verifier(
+        app, TokenVerifier(jwks, issuer=settings.issuer, audience=settings.token_audience)
+    )
     yield

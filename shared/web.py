@@ -43,7 +43,7 @@ def problem_response(problem: ProblemError, request: web.Request | None = None) 
     return web.Response(
         status=problem.status,
         text=json.dumps(body),
-        content_type=PROBLEM_CONTENT_TYPE,
+        content_type=problem.content_type,
         headers=problem.headers,
     )
 

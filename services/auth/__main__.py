@@ -1,0 +1,4 @@
+from services.runner import serve
+
+if __name__ == "__main__":
+    serve("auth")

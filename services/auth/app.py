@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from services.auth import service
+from services.auth.keyring import KeyRing
+from services.auth.keys import AUTH_CONTEXT, AUTH_SETTINGS
+from services.auth.routes import build_api
+from services.auth.settings import AuthSettings
+from shared.broker import broker_ctx
+from shared.db import pool_ctx
+from shared.keys import DB_POOL
+from shared.outbox import relay_ctx
+from shared.ratelimit import TokenBuckets
+from shared.tokens import JwksCache, TokenVerifier, install_verifier
+from shared.web import base_app
+
+
+async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[AUTH_SETTINGS]
+    pool = app[DB_POOL]
+    await service.ensure_signing_key(pool, settings)
+    keyring = KeyRing(
+        pool,
+        settings.signing_key_passphrase.get_secret_value(),
+        cache_seconds=settings.key_cache_seconds,
+    )
+    app[AUTH_CONTEXT] = service.AuthContext(
+        settings=settings, keyring=keyring, failures=TokenBuckets(), app_limits=TokenBuckets()
+    )
+    # The auth service checks tokens on its own resource routes straight from its key table.
+    verifier = TokenVerifier(
+        JwksCache(keyring.jwks, ttl=settings.key_cache_seconds, min_refetch=0.2),
+        issuer=settings.issuer,
+        audience=settings.token_audience,
+    )
+    await install_verifier(app, verifier)
+    yield
+
+
+def create_app(settings: AuthSettings) -> web.Application:
+    settings.check_production()
+    app = base_app(settings)
+    app[AUTH_SETTINGS] = settings
+    app.cleanup_ctx.extend([pool_ctx, broker_ctx, relay_ctx, _auth_ctx])
+    build_api().install(app)
+    return app

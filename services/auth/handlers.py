@@ -1,0 +1,274 @@
+"""HTTP only: parse, authenticate, call the service, render."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import uuid
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from services.auth import service
+from services.auth.keys import AUTH_CONTEXT, AUTH_SETTINGS
+from services.auth.schemas import (
+    ApplicationCreate,
+    ApplicationUpdate,
+    ClinicCreate,
+    GrantCreate,
+    GroupCreate,
+    PartnerCreate,
+    StaffUserCreate,
+    TokenForm,
+)
+from shared.errors import FieldError, OAuthError, Unauthorized, ValidationProblem
+from shared.keys import DB_POOL
+from shared.pagination import PageQuery
+from shared.scopes import CLINICS_READ
+from shared.tokens import PRINCIPAL, requires
+from shared.web import json_model, parse_body, parse_query, read_form
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def _uuid_param(request: web.Request, name: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info[name])
+    except ValueError:
+        raise ValidationProblem([FieldError(f"path.{name}", "Not a valid id")]) from None
+
+
+def require_admin(request: web.Request) -> None:
+    """The operator's bootstrap credential, compared in constant time."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    expected = request.app[AUTH_SETTINGS].admin_token.get_secret_value()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        raise Unauthorized("Operator credentials required", error="invalid_token")
+
+
+# --- OAuth ------------------------------------------------------------------------------------
+
+
+def client_credentials(request: web.Request, form: dict[str, str]) -> tuple[str, str]:
+    """RFC 6749 §2.3.1: HTTP Basic (form-encoded parts) or the body, never both."""
+    header = request.headers.get("Authorization")
+    in_body = "client_id" in form or "client_secret" in form
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "basic":
+            raise OAuthError("invalid_client", "Unsupported client authentication", status=401,
+                             headers={"WWW-Authenticate": 'Basic realm="vetgate"'})
+        if "client_secret" in form:
+            raise OAuthError("invalid_request", "Use one client authentication method, not two")
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise OAuthError("invalid_client", "Malformed Basic credentials", status=401,
+                             headers={"WWW-Authenticate": 'Basic realm="vetgate"'}) from None
+        client_id, sep, secret = decoded.partition(":")
+        if not sep:
+            raise OAuthError("invalid_client", "Malformed Basic credentials", status=401,
+                             headers={"WWW-Authenticate": 'Basic realm="vetgate"'})
+        return unquote(client_id.replace("+", " ")), unquote(secret.replace("+", " "))
+    if in_body and form.get("client_id") and form.get("client_secret"):
+        return form["client_id"], form["client_secret"]
+    raise OAuthError("invalid_client", "Client authentication is required", status=401,
+                     headers={"WWW-Authenticate": 'Basic realm="vetgate"'})
+
+
+async def _oauth_form(request: web.Request) -> dict[str, str]:
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise OAuthError("invalid_request", "Send the parameters as application/x-www-form-urlencoded")
+    return dict(await read_form(request))
+
+
+async def token(request: web.Request) -> web.Response:
+    form = await _oauth_form(request)
+    parsed = TokenForm.model_validate({k: v for k, v in form.items() if k in TokenForm.model_fields})
+    if not parsed.grant_type:
+        raise OAuthError("invalid_request", "grant_type is required")
+    if parsed.grant_type not in ("client_credentials", "password"):
+        raise OAuthError("unsupported_grant_type", f"Unsupported grant_type {parsed.grant_type!r}")
+    client_id, secret = client_credentials(request, form)
+    ctx = request.app[AUTH_CONTEXT]
+    pool = request.app[DB_POOL]
+    if parsed.grant_type == "client_credentials":
+        answer = await service.issue_client_token(
+            pool, ctx, client_id=client_id, client_secret=secret,
+            scope=parsed.scope, clinic_id=parsed.clinic_id,
+        )
+    else:
+        if not parsed.username or not parsed.password:
+            raise OAuthError("invalid_request", "username and password are required")
+        answer = await service.issue_user_token(
+            pool, ctx, client_id=client_id, client_secret=secret,
+            username=parsed.username, password=parsed.password, scope=parsed.scope,
+        )
+    return json_model(answer, headers=NO_STORE)
+
+
+async def introspect(request: web.Request) -> web.Response:
+    form = await _oauth_form(request)
+    client_id, secret = client_credentials(request, form)
+    if not form.get("token"):
+        raise OAuthError("invalid_request", "token is required")
+    answer = await service.introspect(
+        request.app[DB_POOL], request.app[AUTH_CONTEXT],
+        client_id=client_id, client_secret=secret, token=form["token"],
+    )
+    return web.json_response(answer, headers=NO_STORE)
+
+
+async def revoke(request: web.Request) -> web.Response:
+    form = await _oauth_form(request)
+    client_id, secret = client_credentials(request, form)
+    if not form.get("token"):
+        raise OAuthError("invalid_request", "token is required")
+    hint = form.get("token_type_hint")
+    if hint not in (None, "access_token"):
+        raise OAuthError("unsupported_token_type", "Only access tokens are issued and revocable")
+    await service.revoke_token(
+        request.app[DB_POOL], request.app[AUTH_CONTEXT],
+        client_id=client_id, client_secret=secret, token=form["token"],
+    )
+    return web.Response(status=200, headers=NO_STORE)
+
+
+async def jwks(request: web.Request) -> web.Response:
+    document = await request.app[AUTH_CONTEXT].keyring.jwks()
+    return web.json_response(document, headers={"Cache-Control": "public, max-age=60"})
+
+
+async def server_metadata(request: web.Request) -> web.Response:
+    issuer = request.app[AUTH_SETTINGS].issuer.rstrip("/")
+    return web.json_response(
+        {
+            "issuer": issuer,
+            "token_endpoint": f"{issuer}/oauth/token",
+            "jwks_uri": f"{issuer}/.well-known/jwks.json",
+            "introspection_endpoint": f"{issuer}/oauth/introspect",
+            "revocation_endpoint": f"{issuer}/oauth/revoke",
+            "grant_types_supported": ["client_credentials", "password"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
+            "scopes_supported": sorted(service.scopes.ALL_SCOPES),
+            "response_types_supported": [],
+            "service_documentation": f"{issuer}/docs",
+        }
+    )
+
+
+# --- partner-facing directory -----------------------------------------------------------------
+
+
+@requires(CLINICS_READ, clinic=False)
+async def list_clinics(request: web.Request) -> web.Response:
+    query = parse_query(request, PageQuery)
+    page = await service.list_clinics_for(request.app[DB_POOL], request[PRINCIPAL], query)
+    return json_model(page)
+
+
+@requires(clinic=False)
+async def get_clinic(request: web.Request) -> web.Response:
+    clinic = await service.get_clinic_for(
+        request.app[DB_POOL], request[PRINCIPAL], _uuid_param(request, "clinic_id")
+    )
+    return json_model(clinic)
+
+
+# --- operator API -----------------------------------------------------------------------------
+
+
+async def admin_create_group(request: web.Request) -> web.Response:
+    require_admin(request)
+    data = await parse_body(request, GroupCreate)
+    return json_model(await service.create_group(request.app[DB_POOL], data), status=201)
+
+
+async def admin_create_clinic(request: web.Request) -> web.Response:
+    require_admin(request)
+    data = await parse_body(request, ClinicCreate)
+    return json_model(await service.create_clinic(request.app[DB_POOL], data), status=201)
+
+
+async def admin_create_partner(request: web.Request) -> web.Response:
+    require_admin(request)
+    data = await parse_body(request, PartnerCreate)
+    return json_model(await service.create_partner(request.app[DB_POOL], data), status=201)
+
+
+async def admin_create_application(request: web.Request) -> web.Response:
+    require_admin(request)
+    partner_id = _uuid_param(request, "partner_id")
+    data = await parse_body(request, ApplicationCreate)
+    created = await service.create_application(request.app[DB_POOL], partner_id, data)
+    return json_model(created, status=201, headers=NO_STORE)
+
+
+async def admin_get_application(request: web.Request) -> web.Response:
+    require_admin(request)
+    return json_model(await service.get_application(request.app[DB_POOL], _uuid_param(request, "app_id")))
+
+
+async def admin_update_application(request: web.Request) -> web.Response:
+    require_admin(request)
+    app_id = _uuid_param(request, "app_id")
+    data = await parse_body(request, ApplicationUpdate)
+    return json_model(await service.update_application(request.app[DB_POOL], app_id, data))
+
+
+async def admin_approve_application(request: web.Request) -> web.Response:
+    require_admin(request)
+    app_id = _uuid_param(request, "app_id")
+    return json_model(await service.set_application_status(request.app[DB_POOL], app_id, "approved"))
+
+
+async def admin_suspend_application(request: web.Request) -> web.Response:
+    require_admin(request)
+    app_id = _uuid_param(request, "app_id")
+    return json_model(await service.set_application_status(request.app[DB_POOL], app_id, "suspended"))
+
+
+async def admin_rotate_secret(request: web.Request) -> web.Response:
+    require_admin(request)
+    app_id = _uuid_param(request, "app_id")
+    grace = request.app[AUTH_SETTINGS].secret_rotation_grace_seconds
+    rotated = await service.rotate_application_secret(request.app[DB_POOL], app_id, grace_seconds=grace)
+    return json_model(rotated, headers=NO_STORE)
+
+
+async def admin_list_grants(request: web.Request) -> web.Response:
+    require_admin(request)
+    app_id = _uuid_param(request, "app_id")
+    query = parse_query(request, PageQuery)
+    return json_model(await service.list_grants(request.app[DB_POOL], app_id, query))
+
+
+async def admin_create_grant(request: web.Request) -> web.Response:
+    require_admin(request)
+    data = await parse_body(request, GrantCreate)
+    return json_model(await service.create_grant(request.app[DB_POOL], data), status=201)
+
+
+async def admin_revoke_grant(request: web.Request) -> web.Response:
+    require_admin(request)
+    grant_id = _uuid_param(request, "grant_id")
+    return json_model(await service.revoke_grant(request.app[DB_POOL], grant_id))
+
+
+async def admin_create_staff_user(request: web.Request) -> web.Response:
+    require_admin(request)
+    clinic_id = _uuid_param(request, "clinic_id")
+    data = await parse_body(request, StaffUserCreate)
+    return json_model(await service.create_staff_user(request.app[DB_POOL], clinic_id, data), status=201)
+
+
+async def admin_rotate_signing_key(request: web.Request) -> web.Response:
+    require_admin(request)
+    key = await service.rotate_signing_key(request.app[DB_POOL], request.app[AUTH_SETTINGS])
+    request.app[AUTH_CONTEXT].keyring.invalidate()
+    return json_model(key, status=201)
+

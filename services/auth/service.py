@@ -1,0 +1,580 @@
+"""The rules of the auth service. Each public function owns its transaction; no HTTP here."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from services.auth import crypto, store
+from services.auth.keyring import KeyRing
+from services.auth.schemas import (
+    ApplicationCreate,
+    ApplicationCredentials,
+    ApplicationRead,
+    ApplicationUpdate,
+    ClinicCreate,
+    ClinicPage,
+    ClinicRead,
+    GrantCreate,
+    GrantPage,
+    GrantRead,
+    GroupCreate,
+    GroupRead,
+    PartnerCreate,
+    PartnerRead,
+    SigningKeyRead,
+    StaffUserCreate,
+    StaffUserRead,
+    TokenResponse,
+)
+from services.auth.settings import AuthSettings
+from shared import events, scopes
+from shared.db import constraint_problem
+from shared.errors import Conflict, FieldError, NotFound, OAuthError, RateLimited, ValidationProblem
+from shared.events import ApplicationChanged, GrantChanged, TokenRevoked
+from shared.outbox import emit
+from shared.pagination import PageQuery, decode_cursor, encode_cursor
+from shared.ratelimit import TokenBuckets
+from shared.tokens import Principal
+
+
+@dataclass
+class AuthContext:
+    """What the token rules need besides the database."""
+
+    settings: AuthSettings
+    keyring: KeyRing
+    failures: TokenBuckets
+    app_limits: TokenBuckets
+
+
+# --- directory --------------------------------------------------------------------------------
+
+
+async def create_group(pool: asyncpg.Pool, data: GroupCreate) -> GroupRead:
+    """Create a group of clinics."""
+    async with pool.acquire() as conn:
+        row = await store.insert_group(conn, uuid.uuid4(), data.name)
+    return GroupRead.model_validate(dict(row))
+
+
+async def create_clinic(pool: asyncpg.Pool, data: ClinicCreate) -> ClinicRead:
+    """Create a clinic in an existing group."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await store.group_exists(conn, data.group_id):
+            raise ValidationProblem([FieldError("body.group_id", "No such group")])
+        row = await store.insert_clinic(conn, uuid.uuid4(), **data.model_dump())
+    return ClinicRead.model_validate(dict(row))
+
+
+async def get_clinic_for(pool: asyncpg.Pool, principal: Principal, clinic_id: uuid.UUID) -> ClinicRead:
+    """One clinic, if the calling application holds a grant for it."""
+    async with pool.acquire() as conn:
+        grant = await store.clinic_grant(conn, principal.application_id, clinic_id)
+        if grant is None or not grant["scopes"]:
+            raise NotFound("No such clinic among the clinics granted to this application")
+        row = await store.get_clinic(conn, clinic_id)
+    assert row is not None
+    return ClinicRead.model_validate(dict(row))
+
+
+async def list_clinics_for(pool: asyncpg.Pool, principal: Principal, query: PageQuery) -> ClinicPage:
+    """The clinics the calling application holds grants for, by id, cursor-paginated."""
+    key = decode_cursor(query.cursor, 1)
+    after = uuid.UUID(key[0]) if key else None
+    async with pool.acquire() as conn:
+        rows = await store.list_granted_clinics(
+            conn,
+            principal.application_id,
+            after=after,
+            updated_since=query.updated_since,
+            limit=query.limit + 1,
+        )
+    items = [ClinicRead.model_validate(dict(r)) for r in rows[: query.limit]]
+    cursor = encode_cursor(items[-1].id) if len(rows) > query.limit else None
+    return ClinicPage(items=items, next_cursor=cursor)
+
+
+async def create_partner(pool: asyncpg.Pool, data: PartnerCreate) -> PartnerRead:
+    """Register a partner company."""
+    async with pool.acquire() as conn:
+        row = await store.insert_partner(conn, uuid.uuid4(), data.name, data.contact_email)
+    return PartnerRead.model_validate(dict(row))
+
+
+# --- applications -----------------------------------------------------------------------------
+
+
+def _app_event(row: asyncpg.Record) -> ApplicationChanged:
+    return ApplicationChanged(
+        application_id=row["id"],
+        client_id=row["client_id"],
+        status=row["status"],
+        environment=row["environment"],
+        tier=row["tier"],
+        contact_email=row["contact_email"],
+        changed_at=row["updated_at"],
+    )
+
+
+async def create_application(
+    pool: asyncpg.Pool, partner_id: uuid.UUID, data: ApplicationCreate
+) -> ApplicationCredentials:
+    """Create a pending application; the secret is in the answer and nowhere else."""
+    secret = crypto.new_client_secret()
+    async with pool.acquire() as conn, conn.transaction():
+        if not await store.partner_exists(conn, partner_id):
+            raise NotFound("No such partner")
+        row = await store.insert_application(
+            conn,
+            uuid.uuid4(),
+            secret_hash=crypto.hash_secret(secret),
+            partner_id=partner_id,
+            client_id=crypto.new_client_id(data.environment),
+            **data.model_dump(),
+        )
+    return ApplicationCredentials(**dict(row), client_secret=secret)
+
+
+async def get_application(pool: asyncpg.Pool, app_id: uuid.UUID) -> ApplicationRead:
+    """One application by id."""
+    async with pool.acquire() as conn:
+        row = await store.get_application(conn, app_id)
+    if row is None:
+        raise NotFound("No such application")
+    return ApplicationRead.model_validate(dict(row))
+
+
+async def update_application(
+    pool: asyncpg.Pool, app_id: uuid.UUID, data: ApplicationUpdate
+) -> ApplicationRead:
+    """Change name, contact, tier or DPA flag."""
+    changes = data.model_dump(exclude_unset=True, exclude_none=True)
+    async with pool.acquire() as conn, conn.transaction():
+        row = await store.update_application(conn, app_id, changes)
+        if row is None:
+            raise NotFound("No such application")
+        await emit(conn, events.APPLICATION_UPDATED, _app_event(row), aggregate=f"application:{app_id}")
+    return ApplicationRead.model_validate(dict(row))
+
+
+async def set_application_status(pool: asyncpg.Pool, app_id: uuid.UUID, status: str) -> ApplicationRead:
+    """Approve or suspend; a clinic-owned production build needs a signed DPA to be approved."""
+    async with pool.acquire() as conn, conn.transaction():
+        current = await store.get_application(conn, app_id, for_update=True)
+        if current is None:
+            raise NotFound("No such application")
+        if (
+            status == "approved"
+            and current["environment"] == "production"
+            and current["clinic_owned"]
+            and not current["dpa_signed"]
+        ):
+            raise Conflict(
+                "A clinic-owned production application needs a signed DPA before approval",
+                slug="dpa-required",
+                title="Data-processing agreement required",
+            )
+        row = await store.update_application(conn, app_id, {"status": status})
+        assert row is not None
+        event_type = events.APPLICATION_APPROVED if status == "approved" else events.APPLICATION_SUSPENDED
+        await emit(conn, event_type, _app_event(row), aggregate=f"application:{app_id}")
+    return ApplicationRead.model_validate(dict(row))
+
+
+async def rotate_application_secret(
+    pool: asyncpg.Pool, app_id: uuid.UUID, *, grace_seconds: int
+) -> ApplicationCredentials:
+    """A new secret; the old one keeps working for the grace period."""
+    secret = crypto.new_client_secret()
+    async with pool.acquire() as conn:
+        row = await store.rotate_secret(conn, app_id, crypto.hash_secret(secret), grace_seconds)
+    if row is None:
+        raise NotFound("No such application")
+    return ApplicationCredentials(**dict(row), client_secret=secret)
+
+
+# --- grants -----------------------------------------------------------------------------------
+
+
+def _grant_event(row: asyncpg.Record, client_id: str, at: datetime) -> GrantChanged:
+    return GrantChanged(
+        grant_id=row["id"],
+        application_id=row["application_id"],
+        client_id=client_id,
+        clinic_id=row["clinic_id"],
+        group_id=row["group_id"],
+        scopes=list(row["scopes"]),
+        changed_at=at,
+    )
+
+
+_GRANT_CONSTRAINTS = {
+    "grants_active_clinic": lambda _: Conflict(
+        "The application already holds an active grant for this clinic", slug="grant-exists"
+    ),
+    "grants_active_group": lambda _: Conflict(
+        "The application already holds an active grant for this group", slug="grant-exists"
+    ),
+    "grants_clinic_id_fkey": lambda _: ValidationProblem([FieldError("body.clinic_id", "No such clinic")]),
+    "grants_group_id_fkey": lambda _: ValidationProblem([FieldError("body.group_id", "No such group")]),
+}
+
+
+async def create_grant(pool: asyncpg.Pool, data: GrantCreate) -> GrantRead:
+    """Authorize an application for a clinic or a group; publishes ``grant.created``."""
+    async with pool.acquire() as conn:
+        try:
+            async with conn.transaction():
+                app = await store.get_application(conn, data.application_id)
+                if app is None:
+                    raise ValidationProblem([FieldError("body.application_id", "No such application")])
+                if data.clinic_id is not None:
+                    clinic = await store.get_clinic(conn, data.clinic_id)
+                    if clinic is not None and clinic["sandbox"] != (app["environment"] == "sandbox"):
+                        raise Conflict(
+                            "Sandbox applications may only be granted sandbox clinics, and "
+                            "production applications only real ones",
+                            slug="environment-mismatch",
+                        )
+                row = await store.insert_grant(
+                    conn,
+                    uuid.uuid4(),
+                    data.application_id,
+                    data.clinic_id,
+                    data.group_id,
+                    sorted(set(data.scopes)),
+                )
+                await emit(
+                    conn,
+                    events.GRANT_CREATED,
+                    _grant_event(row, app["client_id"], row["created_at"]),
+                    aggregate=f"grant:{row['id']}",
+                    clinic_id=row["clinic_id"],
+                )
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            problem = constraint_problem(exc, _GRANT_CONSTRAINTS)
+            if problem is None:
+                raise
+            raise problem from None
+    return GrantRead.model_validate(dict(row))
+
+
+async def revoke_grant(pool: asyncpg.Pool, grant_id: uuid.UUID) -> GrantRead:
+    """Revoke a grant; publishes ``grant.revoked`` so resource services refuse its tokens."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await store.revoke_grant(conn, grant_id)
+        if row is None:
+            if await store.get_grant(conn, grant_id) is None:
+                raise NotFound("No such grant")
+            raise Conflict("The grant is already revoked", slug="grant-revoked")
+        app = await store.get_application(conn, row["application_id"])
+        assert app is not None
+        await emit(
+            conn,
+            events.GRANT_REVOKED,
+            _grant_event(row, app["client_id"], row["revoked_at"]),
+            aggregate=f"grant:{row['id']}",
+            clinic_id=row["clinic_id"],
+        )
+    return GrantRead.model_validate(dict(row))
+
+
+async def list_grants(pool: asyncpg.Pool, app_id: uuid.UUID, query: PageQuery) -> GrantPage:
+    """An application's grants, active and revoked."""
+    key = decode_cursor(query.cursor, 1)
+    async with pool.acquire() as conn:
+        rows = await store.list_grants(
+            conn, app_id, after=uuid.UUID(key[0]) if key else None, limit=query.limit + 1
+        )
+    items = [GrantRead.model_validate(dict(r)) for r in rows[: query.limit]]
+    return GrantPage(items=items, next_cursor=encode_cursor(items[-1].id) if len(rows) > query.limit else None)
+
+
+# --- signing keys -----------------------------------------------------------------------------
+
+
+async def rotate_signing_key(
+    pool: asyncpg.Pool, settings: AuthSettings, *, publish_delay: float | None = None
+) -> SigningKeyRead:
+    """Publish a new key now, sign with it after the delay, retire the old after its tokens."""
+    delay = settings.key_publish_delay_seconds if publish_delay is None else publish_delay
+    key = await asyncio.to_thread(
+        crypto.generate_signing_key, settings.signing_key_passphrase.get_secret_value()
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        await store.lock_signing_keys(conn)
+        row = await store.insert_signing_key(
+            conn, key.kid, key.algorithm, key.private_pem, key.public_jwk, delay
+        )
+        # Old keys sign until the new one activates, and their tokens live one TTL longer.
+        await store.retire_keys_except(conn, key.kid, settings.access_token_ttl + 60)
+    return SigningKeyRead.model_validate(dict(row))
+
+
+async def ensure_signing_key(pool: asyncpg.Pool, settings: AuthSettings) -> bool:
+    """Create a first, immediately active key if none is live; True if one was created."""
+    async with pool.acquire() as conn, conn.transaction():
+        await store.lock_signing_keys(conn)
+        if await store.live_signing_keys(conn):
+            return False
+    await rotate_signing_key(pool, settings, publish_delay=0)
+    return True
+
+
+# --- staff users ------------------------------------------------------------------------------
+
+
+async def create_staff_user(pool: asyncpg.Pool, clinic_id: uuid.UUID, data: StaffUserCreate) -> StaffUserRead:
+    """A clinic staff member who can sign in through an approved application."""
+    password_hash = await asyncio.to_thread(crypto.hash_password, data.password)
+    async with pool.acquire() as conn:
+        if await store.get_clinic(conn, clinic_id) is None:
+            raise NotFound("No such clinic")
+        try:
+            row = await store.insert_staff_user(
+                conn,
+                uuid.uuid4(),
+                clinic_id,
+                username=data.username,
+                display_name=data.display_name,
+                role=data.role,
+                password_hash=password_hash,
+            )
+        except asyncpg.UniqueViolationError:
+            raise Conflict("That username is taken", slug="username-taken") from None
+    return StaffUserRead.model_validate(dict(row))
+
+
+# --- tokens -----------------------------------------------------------------------------------
+
+
+def _invalid_client(detail: str = "Client authentication failed") -> OAuthError:
+    return OAuthError(
+        "invalid_client",
+        detail,
+        status=401,
+        headers={"WWW-Authenticate": 'Basic realm="vetgate", charset="UTF-8"'},
+    )
+
+
+async def authenticate_client(
+    conn: asyncpg.Connection, ctx: AuthContext, client_id: str, secret: str
+) -> asyncpg.Record:
+    """The application whose id and secret these are; slowed down after repeated failures."""
+    limits = ctx.settings
+    if ctx.failures.peek(client_id, rate=limits.auth_failure_rate, burst=limits.auth_failure_burst) < 1:
+        raise RateLimited(
+            "Too many failed authentications for this client; slow down",
+            retry_after=1 / limits.auth_failure_rate,
+        )
+    row = await store.client_credentials(conn, client_id)
+    hashes = (row["secret_hash"], row["previous_secret_hash"]) if row is not None else (None,)
+    if row is None or not crypto.secret_matches(secret, *hashes):
+        ctx.failures.take(client_id, rate=limits.auth_failure_rate, burst=limits.auth_failure_burst)
+        raise _invalid_client()
+    return row
+
+
+def _check_tier_limit(ctx: AuthContext, app: asyncpg.Record) -> None:
+    tier = int(app["tier"])
+    wait = ctx.app_limits.take(
+        app["client_id"], rate=ctx.settings.tier_rates[tier], burst=ctx.settings.tier_bursts[tier]
+    )
+    if wait > 0:
+        raise RateLimited("Token requests exceed this application's tier", retry_after=wait)
+
+
+def _check_may_get_tokens(app: asyncpg.Record) -> None:
+    if app["status"] != "approved":
+        raise OAuthError(
+            "unauthorized_client", f"The application is {app['status']}, not approved"
+        )
+    if app["environment"] == "production" and app["clinic_owned"] and not app["dpa_signed"]:
+        raise OAuthError(
+            "unauthorized_client", "Production access needs a signed data-processing agreement"
+        )
+
+
+def _parse_clinic_id(raw: str | None) -> uuid.UUID | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise OAuthError("invalid_request", "clinic_id is not a valid id") from None
+
+
+def _requested_scopes(raw: str | None) -> set[str] | None:
+    if raw is None:
+        return None
+    requested = set(raw.split())
+    unknown = requested - scopes.ALL_SCOPES
+    if unknown:
+        raise OAuthError("invalid_scope", f"Unknown scope(s): {' '.join(sorted(unknown))}")
+    return requested
+
+
+async def _granted_scopes(
+    conn: asyncpg.Connection, app: asyncpg.Record, clinic_id: uuid.UUID | None, requested: set[str] | None
+) -> tuple[set[str], uuid.UUID | None]:
+    """Scopes to put in the token (and the clinic's group), or an RFC 6749 refusal."""
+    if clinic_id is None:
+        available = set(scopes.APPLICATION_SCOPES)
+        group_id = None
+    else:
+        grant = await store.clinic_grant(conn, app["id"], clinic_id)
+        if grant is None or not grant["scopes"]:
+            raise OAuthError("invalid_grant", "The application holds no grant for this clinic")
+        available = set(grant["scopes"]) | scopes.APPLICATION_SCOPES
+        group_id = grant["group_id"]
+    if requested is None:
+        chosen = set(grant["scopes"]) if clinic_id is not None else available
+    else:
+        beyond = requested - available
+        if beyond:
+            raise OAuthError(
+                "invalid_scope", f"Scope(s) beyond the grant: {' '.join(sorted(beyond))}"
+            )
+        chosen = requested
+    return chosen, group_id
+
+
+async def _mint(
+    ctx: AuthContext,
+    app: asyncpg.Record,
+    chosen: set[str],
+    clinic_id: uuid.UUID | None,
+    group_id: uuid.UUID | None,
+    *,
+    user_id: uuid.UUID | None = None,
+) -> TokenResponse:
+    now = int(time.time())
+    ttl = ctx.settings.access_token_ttl
+    scope = " ".join(sorted(chosen))
+    claims: dict[str, Any] = {
+        "iss": ctx.settings.issuer,
+        "sub": str(user_id) if user_id else app["client_id"],
+        "aud": ctx.settings.token_audience,
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl,
+        "jti": uuid.uuid4().hex,
+        "client_id": app["client_id"],
+        "app_id": str(app["id"]),
+        "scope": scope,
+        "tier": int(app["tier"]),
+        "env": app["environment"],
+    }
+    if clinic_id is not None:
+        claims["clinic_id"] = str(clinic_id)
+        claims["group_id"] = str(group_id)
+    if user_id is not None:
+        claims["user_id"] = str(user_id)
+    token = await ctx.keyring.sign(claims)
+    return TokenResponse(access_token=token, expires_in=ttl, scope=scope, clinic_id=clinic_id)
+
+
+async def issue_client_token(
+    pool: asyncpg.Pool,
+    ctx: AuthContext,
+    *,
+    client_id: str,
+    client_secret: str,
+    scope: str | None,
+    clinic_id: str | None,
+) -> TokenResponse:
+    """RFC 6749 §4.4: an access token for the application, optionally acting for one clinic."""
+    requested = _requested_scopes(scope)
+    clinic = _parse_clinic_id(clinic_id)
+    async with pool.acquire() as conn:
+        app = await authenticate_client(conn, ctx, client_id, client_secret)
+        _check_may_get_tokens(app)
+        _check_tier_limit(ctx, app)
+        chosen, group_id = await _granted_scopes(conn, app, clinic, requested)
+    return await _mint(ctx, app, chosen, clinic, group_id)
+
+
+async def issue_user_token(
+    pool: asyncpg.Pool,
+    ctx: AuthContext,
+    *,
+    client_id: str,
+    client_secret: str,
+    username: str,
+    password: str,
+    scope: str | None,
+) -> TokenResponse:
+    """RFC 6749 §4.3: a token carrying both the application and a clinic staff member."""
+    requested = _requested_scopes(scope)
+    async with pool.acquire() as conn:
+        app = await authenticate_client(conn, ctx, client_id, client_secret)
+        _check_may_get_tokens(app)
+        _check_tier_limit(ctx, app)
+        user = await store.staff_user_by_username(conn, username)
+    ok = await asyncio.to_thread(crypto.verify_password, password, user["password_hash"] if user else None)
+    if user is None or not ok or not user["active"]:
+        raise OAuthError("invalid_grant", "Unknown user or wrong password")
+    async with pool.acquire() as conn:
+        chosen, group_id = await _granted_scopes(conn, app, user["clinic_id"], requested)
+    return await _mint(ctx, app, chosen, user["clinic_id"], group_id, user_id=user["id"])
+
+
+async def _own_token_claims(
+    conn: asyncpg.Connection, ctx: AuthContext, app: asyncpg.Record, token: str
+) -> dict[str, Any] | None:
+    claims = await ctx.keyring.decode(
+        token, audience=ctx.settings.token_audience, issuer=ctx.settings.issuer
+    )
+    if claims is None or claims.get("client_id") != app["client_id"]:
+        return None
+    return claims
+
+
+async def introspect(
+    pool: asyncpg.Pool, ctx: AuthContext, *, client_id: str, client_secret: str, token: str
+) -> dict[str, Any]:
+    """RFC 7662: the token's claims if it is active and was issued to the caller."""
+    async with pool.acquire() as conn:
+        app = await authenticate_client(conn, ctx, client_id, client_secret)
+        claims = await _own_token_claims(conn, ctx, app, token)
+        if claims is None or app["status"] != "approved":
+            return {"active": False}
+        if await store.token_is_revoked(conn, claims["jti"]):
+            return {"active": False}
+        if "clinic_id" in claims:
+            grant = await store.clinic_grant(conn, app["id"], uuid.UUID(claims["clinic_id"]))
+            granted = set(grant["scopes"]) if grant is not None else set()
+            if not granted:
+                return {"active": False}
+    return {"active": True, "token_type": "Bearer", **claims}
+
+
+async def revoke_token(
+    pool: asyncpg.Pool, ctx: AuthContext, *, client_id: str, client_secret: str, token: str
+) -> None:
+    """RFC 7009: revoke one of the caller's access tokens; unknown tokens are ignored."""
+    async with pool.acquire() as conn, conn.transaction():
+        app = await authenticate_client(conn, ctx, client_id, client_secret)
+        claims = await ctx.keyring.decode(
+            token, audience=ctx.settings.token_audience, issuer=ctx.settings.issuer
+        )
+        if claims is None:
+            return
+        if claims.get("client_id") != app["client_id"]:
+            raise OAuthError("unauthorized_client", "The token was not issued to this client")
+        expires_at = datetime.fromtimestamp(claims["exp"], UTC)
+        if await store.insert_revoked_token(conn, claims["jti"], app["client_id"], expires_at):
+            await emit(
+                conn,
+                events.TOKEN_REVOKED,
+                TokenRevoked(jti=claims["jti"], client_id=app["client_id"], expires_at=expires_at),
+                aggregate=f"token:{claims['jti']}",
+                clinic_id=uuid.UUID(claims["clinic_id"]) if "clinic_id" in claims else None,
+            )

@@ -1,0 +1,1 @@
+"""The bookings service: practitioners, services, resource mappings, schedules, slots, availability and bookings."""

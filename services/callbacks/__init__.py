@@ -1,0 +1,1 @@
+"""The callbacks service: webhook endpoints, signed delivery with retries, replay and endpoint monitoring."""

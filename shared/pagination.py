@@ -1,0 +1,44 @@
+"""Cursor pagination: an opaque cursor holding the sort key of the last item returned."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, Field
+
+from shared.errors import FieldError, ValidationProblem
+
+ItemT = TypeVar("ItemT")
+
+
+class PageQuery(BaseModel):
+    limit: int = Field(default=50, ge=1, le=200)
+    cursor: str | None = None
+    updated_since: datetime | None = None
+
+
+class Page(BaseModel, Generic[ItemT]):
+    items: list[ItemT]
+    next_cursor: str | None = None
+
+
+def encode_cursor(*key: Any) -> str:
+    raw = json.dumps([k.isoformat() if isinstance(k, datetime) else str(k) for k in key])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None, arity: int) -> list[str] | None:
+    """The sort key packed in ``cursor``; a 422 on the ``cursor`` field if it was tampered with."""
+    if cursor is None:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        key = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not isinstance(key, list) or len(key) != arity or not all(isinstance(k, str) for k in key):
+            raise ValueError("bad cursor")
+        return key
+    except ValueError:
+        raise ValidationProblem([FieldError("query.cursor", "Unknown or malformed cursor")]) from None
