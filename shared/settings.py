@@ -16,7 +16,7 @@ DEV_ADMIN_TOKEN = "vetgate-local-admin-token"
 
 
 class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VETGATE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="VETGATE_", extra="ignore", populate_by_name=True)
 
     service_name: str = "vetgate"
     environment: Literal["development", "production"] = "development"

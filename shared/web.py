@@ -103,7 +103,11 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
                 request.method,
                 request.path,
                 response.status,
-                extra={"status": response.status, "duration_ms": round(elapsed * 1000, 2)},
+                extra={
+                    "service": request.app[SETTINGS].service_name,
+                    "status": response.status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
             )
         return response
     finally:
