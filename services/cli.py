@@ -80,7 +80,9 @@ async def _with_auth_pool(
     action: Callable[[asyncpg.Pool, AuthSettings], Awaitable[Any]],
 ) -> Any:
     settings = AuthSettings()
-    pool = await create_pool(settings.database_url, schema=settings.db_schema, min_size=1, max_size=2)
+    pool = await create_pool(
+        settings.database_url, schema=settings.db_schema, min_size=1, max_size=2
+    )
     try:
         return await action(pool, settings)
     finally:
@@ -122,7 +124,8 @@ def _check_broker(amqp_url: str) -> None:
         raise SystemExit(
             f"RabbitMQ is not answering at {host}:{port}.\n"
             "Start one, then run this again:\n"
-            "  Debian/Ubuntu:  sudo apt-get install rabbitmq-server && sudo rabbitmq-server -detached\n"
+            "  Debian/Ubuntu:  sudo apt-get install rabbitmq-server\n"
+            "                  sudo rabbitmq-server -detached\n"
             "  Containers:     docker compose up -d rabbitmq\n"
             "or point AMQP_URL at a running broker."
         )
@@ -140,7 +143,9 @@ async def up() -> None:
 
     ready = asyncio.Event()
     runner = asyncio.create_task(run_all(ready=ready))
-    await asyncio.wait([runner, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait(
+        [runner, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED
+    )
     if runner.done():
         await runner
     base = credentials["base_url"]
@@ -153,15 +158,15 @@ Vetgate is running.
   Health            http://127.0.0.1:8001/healthz  /readyz  /metrics  (each service)
 
 Sandbox credentials
-  client_id         {credentials['client_id']}
-  client_secret     {credentials['client_secret']}
-  clinic_id         {credentials['clinic_id']}
-  group_id          {credentials['group_id']}
-  staff user        {credentials['staff_username']} / {credentials['staff_password']}
+  client_id         {credentials["client_id"]}
+  client_secret     {credentials["client_secret"]}
+  clinic_id         {credentials["clinic_id"]}
+  group_id          {credentials["group_id"]}
+  staff user        {credentials["staff_username"]} / {credentials["staff_password"]}
 
 Try:
-  curl -s -u {credentials['client_id']}:{credentials['client_secret']} \\
-       -d grant_type=client_credentials -d clinic_id={credentials['clinic_id']} {base}/oauth/token
+  curl -s -u {credentials["client_id"]}:{credentials["client_secret"]} \\
+       -d grant_type=client_credentials -d clinic_id={credentials["clinic_id"]} {base}/oauth/token
 
 Ctrl-C stops everything.""",
         flush=True,
@@ -216,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", default="staff", choices=["staff", "vet", "admin"])
     p.add_argument("--password", default=None, help="read from VETGATE_STAFF_PASSWORD if omitted")
     p = sub.add_parser("rotate-keys", help="publish a new signing key; it signs after the delay")
-    p.add_argument("--publish-delay", type=float, default=None, help="seconds (default from settings)")
+    p.add_argument(
+        "--publish-delay", type=float, default=None, help="seconds (default from settings)"
+    )
     return parser
 
 
@@ -225,24 +232,39 @@ async def _operator(args: argparse.Namespace) -> Any:
 
     cmd = args.command
     if cmd == "create-group":
-        return await _with_auth_pool(lambda p, s: auth_service.create_group(p, GroupCreate(name=args.name)))
+        return await _with_auth_pool(
+            lambda p, s: auth_service.create_group(p, GroupCreate(name=args.name))
+        )
     if cmd == "create-clinic":
-        data = ClinicCreate(group_id=args.group_id, name=args.name, time_zone=args.time_zone,
-                            country=args.country, sandbox=args.sandbox)
+        data = ClinicCreate(
+            group_id=args.group_id,
+            name=args.name,
+            time_zone=args.time_zone,
+            country=args.country,
+            sandbox=args.sandbox,
+        )
         return await _with_auth_pool(lambda p, s: auth_service.create_clinic(p, data))
     if cmd == "create-partner":
         partner = PartnerCreate(name=args.name, contact_email=args.email)
         return await _with_auth_pool(lambda p, s: auth_service.create_partner(p, partner))
     if cmd == "create-application":
-        app = ApplicationCreate(name=args.name, contact_email=args.email, environment=args.environment,
-                                tier=args.tier, clinic_owned=args.clinic_owned, dpa_signed=args.dpa_signed)
+        app = ApplicationCreate(
+            name=args.name,
+            contact_email=args.email,
+            environment=args.environment,
+            tier=args.tier,
+            clinic_owned=args.clinic_owned,
+            dpa_signed=args.dpa_signed,
+        )
         return await _with_auth_pool(
             lambda p, s: auth_service.create_application(p, uuid.UUID(args.partner_id), app)
         )
     if cmd in ("approve-application", "suspend-application"):
         status = "approved" if cmd == "approve-application" else "suspended"
         return await _with_auth_pool(
-            lambda p, s: auth_service.set_application_status(p, uuid.UUID(args.application_id), status)
+            lambda p, s: auth_service.set_application_status(
+                p, uuid.UUID(args.application_id), status
+            )
         )
     if cmd == "rotate-secret":
         return await _with_auth_pool(
@@ -251,17 +273,27 @@ async def _operator(args: argparse.Namespace) -> Any:
             )
         )
     if cmd == "grant":
-        grant = GrantCreate(application_id=args.application_id, clinic_id=args.clinic_id,
-                            group_id=args.group_id, scopes=args.scopes.split())
+        grant = GrantCreate(
+            application_id=args.application_id,
+            clinic_id=args.clinic_id,
+            group_id=args.group_id,
+            scopes=args.scopes.split(),
+        )
         return await _with_auth_pool(lambda p, s: auth_service.create_grant(p, grant))
     if cmd == "revoke-grant":
-        return await _with_auth_pool(lambda p, s: auth_service.revoke_grant(p, uuid.UUID(args.grant_id)))
+        return await _with_auth_pool(
+            lambda p, s: auth_service.revoke_grant(p, uuid.UUID(args.grant_id))
+        )
     if cmd == "create-staff-user":
         password = args.password or os.environ.get("VETGATE_STAFF_PASSWORD")
         if not password:
             raise SystemExit("give --password or set VETGATE_STAFF_PASSWORD")
-        user = StaffUserCreate(username=args.username, display_name=args.display_name,
-                               role=args.role, password=password)
+        user = StaffUserCreate(
+            username=args.username,
+            display_name=args.display_name,
+            role=args.role,
+            password=password,
+        )
         return await _with_auth_pool(
             lambda p, s: auth_service.create_staff_user(p, uuid.UUID(args.clinic_id), user)
         )

@@ -20,8 +20,16 @@ MAX_BODY = 1024 * 1024
 _HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
-        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
-        "Transfer-Encoding", "Upgrade", "Host", "Content-Length",
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Host",
+        "Content-Length",
     )
 )
 
@@ -84,7 +92,11 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         url = request.app[UPSTREAMS][service] + path
         try:
             async with request.app[SESSION].request(
-                request.method, url, params=request.query, data=body, headers=headers,
+                request.method,
+                url,
+                params=request.query,
+                data=body,
+                headers=headers,
                 allow_redirects=False,
             ) as upstream:
                 payload = await upstream.read()
@@ -110,7 +122,9 @@ async def proxy(request: web.Request) -> web.StreamResponse:
 async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
     timeout = aiohttp.ClientTimeout(total=30, connect=3)
     connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=30)
-    app[SESSION] = aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False)
+    app[SESSION] = aiohttp.ClientSession(
+        timeout=timeout, connector=connector, auto_decompress=False
+    )
     yield
     await app[SESSION].close()
 

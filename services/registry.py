@@ -36,7 +36,9 @@ def _specs() -> dict[str, ServiceSpec]:
     from services.registrations.app import create_app as registrations_app
     from services.registrations.settings import RegistrationsSettings
 
-    def spec(name: str, cls: type[ServiceSettings], factory: Callable[..., web.Application]) -> ServiceSpec:
+    def spec(
+        name: str, cls: type[ServiceSettings], factory: Callable[..., web.Application]
+    ) -> ServiceSpec:
         return ServiceSpec(name, cls, factory, cls.model_fields["db_schema"].default)
 
     return {

@@ -37,7 +37,9 @@ async def run_all(*, gateway_port: int = 8000, ready: asyncio.Event | None = Non
     try:
         for spec in registry.all_specs():
             settings: ServiceSettings = spec.settings()
-            runners.append(await start_site(spec.create_app(settings), settings.host, settings.port))
+            runners.append(
+                await start_site(spec.create_app(settings), settings.host, settings.port)
+            )
             upstreams[spec.name] = f"http://{settings.host}:{settings.port}"
         gateway_host = os.environ.get("VETGATE_GATEWAY_HOST", "127.0.0.1")
         runners.append(await start_site(create_gateway(upstreams), gateway_host, gateway_port))

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from services.auth import crypto
+from services.auth import crypto, store
 from services.auth.settings import AuthSettings
 from shared import scopes
 
@@ -40,54 +40,19 @@ async def seed(pool: asyncpg.Pool, settings: AuthSettings) -> dict[str, Any]:
     staff_password = _derive(settings, "staff-password")[:28]
     password_hash = crypto.hash_password(staff_password)
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "INSERT INTO groups (id, name) VALUES ($1, 'Sandbox Veterinary Group') "
-            "ON CONFLICT (id) DO NOTHING",
-            GROUP_ID,
-        )
-        await conn.execute(
-            "INSERT INTO clinics (id, group_id, name, time_zone, country, sandbox) "
-            "VALUES ($1, $2, 'Sandbox Clinic London', 'Europe/London', 'GB', true) "
-            "ON CONFLICT (id) DO NOTHING",
-            CLINIC_ID,
-            GROUP_ID,
-        )
-        await conn.execute(
-            "INSERT INTO partners (id, name, contact_email) "
-            "VALUES ($1, 'Sandbox Partner', 'sandbox-partner@example.com') ON CONFLICT (id) DO NOTHING",
-            PARTNER_ID,
-        )
-        await conn.execute(
-            """
-            INSERT INTO applications (id, partner_id, name, client_id, secret_hash, environment,
-                                      tier, status, contact_email)
-            VALUES ($1, $2, 'Sandbox Application', $3, $4, 'sandbox', 1, 'approved',
-                    'sandbox-partner@example.com')
-            ON CONFLICT (id) DO UPDATE SET secret_hash = EXCLUDED.secret_hash, status = 'approved'
-            """,
-            APPLICATION_ID,
-            PARTNER_ID,
-            CLIENT_ID,
-            crypto.hash_secret(client_secret),
-        )
-        await conn.execute(
-            "INSERT INTO grants (id, application_id, clinic_id, scopes) VALUES ($1, $2, $3, $4) "
-            "ON CONFLICT (id) DO UPDATE SET revoked_at = NULL, scopes = EXCLUDED.scopes",
-            GRANT_ID,
-            APPLICATION_ID,
-            CLINIC_ID,
-            sorted(scopes.CLINIC_SCOPES),
-        )
-        await conn.execute(
-            """
-            INSERT INTO staff_users (id, clinic_id, username, display_name, role, password_hash)
-            VALUES ($1, $2, $3, 'Sandbox Vet', 'vet', $4)
-            ON CONFLICT (id) DO UPDATE SET password_hash = EXCLUDED.password_hash, active = true
-            """,
-            STAFF_USER_ID,
-            CLINIC_ID,
-            STAFF_USERNAME,
-            password_hash,
+        await store.upsert_sandbox(
+            conn,
+            group_id=GROUP_ID,
+            clinic_id=CLINIC_ID,
+            partner_id=PARTNER_ID,
+            application_id=APPLICATION_ID,
+            client_id=CLIENT_ID,
+            secret_hash=crypto.hash_secret(client_secret),
+            grant_id=GRANT_ID,
+            scopes=sorted(scopes.CLINIC_SCOPES),
+            staff_user_id=STAFF_USER_ID,
+            staff_username=STAFF_USERNAME,
+            password_hash=password_hash,
         )
     return {
         "base_url": settings.issuer.rstrip("/"),

@@ -111,7 +111,9 @@ class Api:
         if op.response is not None:
             ok["content"] = {"application/json": {"schema": _ref(op.response, schemas)}}
         responses: dict[str, Any] = {str(op.status): ok}
-        problem = {"content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+        problem = {
+            "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        }
         codes = set(op.errors) | {422} if (op.body or op.query or op.form) else set(op.errors)
         if op.security:
             codes |= {401, 429}

@@ -62,9 +62,9 @@ class Broker:
         conn = self._connection
         return self._connected.is_set() and conn is not None and not conn.is_closed
 
-    async def wait_ready(self, timeout: float) -> bool:
+    async def wait_ready(self, seconds: float) -> bool:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected.wait(), timeout)
+            await asyncio.wait_for(self._connected.wait(), seconds)
         return self.is_ready()
 
     async def connect_forever(self) -> None:
@@ -74,8 +74,10 @@ class Broker:
             try:
                 await self._connect_once()
                 return
-            except (OSError, aio_pika.exceptions.AMQPError, asyncio.TimeoutError) as exc:
-                log.warning("broker not reachable (%s); retrying in %.1fs", type(exc).__name__, delay)
+            except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
+                log.warning(
+                    "broker not reachable (%s); retrying in %.1fs", type(exc).__name__, delay
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
@@ -109,7 +111,7 @@ class Broker:
                 self._exchange.publish(message, routing_key=routing_key, mandatory=False),
                 self._publish_timeout,
             )
-        except (OSError, aio_pika.exceptions.AMQPError, asyncio.TimeoutError, RuntimeError) as exc:
+        except (TimeoutError, OSError, aio_pika.exceptions.AMQPError, RuntimeError) as exc:
             raise BrokerUnavailable(type(exc).__name__) from exc
 
     async def consume_durable(

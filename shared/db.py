@@ -56,7 +56,9 @@ async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[DB_POOL].close()
 
 
-ConstraintMap = Mapping[str, Callable[[asyncpg.exceptions.IntegrityConstraintViolationError], ProblemError]]
+ConstraintMap = Mapping[
+    str, Callable[[asyncpg.exceptions.IntegrityConstraintViolationError], ProblemError]
+]
 
 
 def constraint_problem(

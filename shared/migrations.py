@@ -30,8 +30,7 @@ class Migration:
 
 def load(directory: Path, prefix: str = "") -> list[Migration]:
     return [
-        Migration(prefix + path.name, path.read_text())
-        for path in sorted(directory.glob("*.sql"))
+        Migration(prefix + path.name, path.read_text()) for path in sorted(directory.glob("*.sql"))
     ]
 
 

@@ -128,12 +128,13 @@ class OutboxRelay:
         while True:
             try:
                 async with self._pool.acquire() as conn:
+                    closed = asyncio.Event()
+                    conn.add_termination_listener(lambda _, done=closed: done.set())
                     await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
                     try:
-                        while not conn.is_closed():
-                            await asyncio.sleep(5)
+                        await closed.wait()
                     finally:
-                        with contextlib.suppress(Exception):
+                        with contextlib.suppress(asyncpg.InterfaceError, OSError):
                             await conn.remove_listener(NOTIFY_CHANNEL, self._on_notify)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 await asyncio.sleep(2)

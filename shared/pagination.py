@@ -37,8 +37,14 @@ def decode_cursor(cursor: str | None, arity: int) -> list[str] | None:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         key = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if not isinstance(key, list) or len(key) != arity or not all(isinstance(k, str) for k in key):
+        if (
+            not isinstance(key, list)
+            or len(key) != arity
+            or not all(isinstance(k, str) for k in key)
+        ):
             raise ValueError("bad cursor")
         return key
     except ValueError:
-        raise ValidationProblem([FieldError("query.cursor", "Unknown or malformed cursor")]) from None
+        raise ValidationProblem(
+            [FieldError("query.cursor", "Unknown or malformed cursor")]
+        ) from None

@@ -253,7 +253,9 @@ def bearer_token(request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("Send an access token as 'Authorization: Bearer <token>'", error="invalid_request")
+        raise Unauthorized(
+            "Send an access token as 'Authorization: Bearer <token>'", error="invalid_request"
+        )
     return token.strip()
 
 
@@ -274,7 +276,9 @@ async def authenticate(request: web.Request, *scopes: str, clinic: bool = True) 
             f"The token lacks the scope(s): {' '.join(missing)}",
             slug="insufficient-scope",
             title="Insufficient scope",
-            headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{" ".join(scopes)}"'},
+            headers={
+                "WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{" ".join(scopes)}"'
+            },
         )
     settings = request.app[SETTINGS]
     tier = min(max(principal.tier, 0), len(settings.tier_rates) - 1)
@@ -309,7 +313,9 @@ async def client_session_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[HTTP_CLIENT].close()
 
 
-def jwks_fetcher(session: aiohttp.ClientSession, settings: ServiceSettings) -> Callable[[], Awaitable[dict[str, Any]]]:
+def jwks_fetcher(
+    session: aiohttp.ClientSession, settings: ServiceSettings
+) -> Callable[[], Awaitable[dict[str, Any]]]:
     url = settings.auth_url.rstrip("/") + "/.well-known/jwks.json"
 
     async def fetch() -> dict[str, Any]:

@@ -21,7 +21,6 @@ from aiohttp.typedefs import Handler
 from pydantic import BaseModel, ValidationError
 
 from shared.errors import (
-    PROBLEM_CONTENT_TYPE,
     FieldError,
     PayloadTooLarge,
     ProblemError,
@@ -133,7 +132,8 @@ async def readyz(request: web.Request) -> web.Response:
     checks["broker"] = "ok" if broker is not None and broker.is_ready() else "unavailable"
     ready = all(v == "ok" for v in checks.values())
     return web.json_response(
-        {"status": "ready" if ready else "not-ready", "checks": checks}, status=200 if ready else 503
+        {"status": "ready" if ready else "not-ready", "checks": checks},
+        status=200 if ready else 503,
     )
 
 
@@ -175,7 +175,10 @@ def parse_model(model: type[ModelT], data: Any, location: str = "") -> ModelT:
 
 
 async def read_json(request: web.Request) -> Any:
-    if request.content_length is not None and request.content_length > request.app[SETTINGS].max_body_bytes:
+    if (
+        request.content_length is not None
+        and request.content_length > request.app[SETTINGS].max_body_bytes
+    ):
         raise PayloadTooLarge("The request body exceeds the allowed size")
     if request.content_type != "application/json":
         raise ProblemError(
@@ -202,7 +205,10 @@ async def parse_body(request: web.Request, model: type[ModelT]) -> ModelT:
 
 
 async def read_form(request: web.Request) -> Mapping[str, str]:
-    if request.content_length is not None and request.content_length > request.app[SETTINGS].max_body_bytes:
+    if (
+        request.content_length is not None
+        and request.content_length > request.app[SETTINGS].max_body_bytes
+    ):
         raise PayloadTooLarge("The request body exceeds the allowed size")
     try:
         form = await request.post()
@@ -215,7 +221,9 @@ def parse_query(request: web.Request, model: type[ModelT]) -> ModelT:
     return parse_model(model, dict(request.query), "query")
 
 
-def json_model(model: BaseModel, *, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+def json_model(
+    model: BaseModel, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
     return web.Response(
         text=model.model_dump_json(),
         status=status,

@@ -43,7 +43,9 @@ def amqp_url() -> str:
 
 @pytest.fixture(scope="session")
 async def database_url() -> AsyncIterator[str]:
-    server = os.environ.get("VETGATE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    server = os.environ.get(
+        "VETGATE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
     name = f"vetgate_test_{RUN_ID}"
     admin = await asyncpg.connect(server)
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -177,8 +179,12 @@ class Admin:
         self.base = base
         self.headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
-    async def call(self, method: str, path: str, body: Any = None, expect: int | None = None) -> Any:
-        async with self.http.request(method, self.base + path, json=body, headers=self.headers) as r:
+    async def call(
+        self, method: str, path: str, body: Any = None, expect: int | None = None
+    ) -> Any:
+        async with self.http.request(
+            method, self.base + path, json=body, headers=self.headers
+        ) as r:
             data = await r.json(content_type=None)
             if expect is not None:
                 assert r.status == expect, (r.status, data)
@@ -198,17 +204,29 @@ class Admin:
         clinic = await self.call(
             "POST",
             "/v1/admin/clinics",
-            {"group_id": group["id"], "name": f"Clinic {tag}", "time_zone": time_zone,
-             "sandbox": environment == "sandbox"},
+            {
+                "group_id": group["id"],
+                "name": f"Clinic {tag}",
+                "time_zone": time_zone,
+                "sandbox": environment == "sandbox",
+            },
             201,
         )
         partner = await self.call(
-            "POST", "/v1/admin/partners", {"name": f"Partner {tag}", "contact_email": f"p{tag}@example.com"}, 201
+            "POST",
+            "/v1/admin/partners",
+            {"name": f"Partner {tag}", "contact_email": f"p{tag}@example.com"},
+            201,
         )
         app = await self.call(
             "POST",
             f"/v1/admin/partners/{partner['id']}/applications",
-            {"name": f"App {tag}", "environment": environment, "contact_email": f"a{tag}@example.com", "tier": tier},
+            {
+                "name": f"App {tag}",
+                "environment": environment,
+                "contact_email": f"a{tag}@example.com",
+                "tier": tier,
+            },
             201,
         )
         if approve:
@@ -221,9 +239,14 @@ class Admin:
             201,
         )
         return Tenant(
-            group_id=group["id"], clinic_id=clinic["id"], partner_id=partner["id"],
-            application_id=app["id"], client_id=app["client_id"], client_secret=app["client_secret"],
-            grant_id=grant["id"], scopes=chosen,
+            group_id=group["id"],
+            clinic_id=clinic["id"],
+            partner_id=partner["id"],
+            application_id=app["id"],
+            client_id=app["client_id"],
+            client_secret=app["client_secret"],
+            grant_id=grant["id"],
+            scopes=chosen,
         )
 
 

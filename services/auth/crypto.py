@@ -75,7 +75,9 @@ def generate_signing_key(passphrase: str) -> GeneratedKey:
         serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(passphrase.encode()),
     )
-    public_jwk: dict[str, Any] = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(private.public_key()))
+    public_jwk: dict[str, Any] = json.loads(
+        jwt.algorithms.OKPAlgorithm.to_jwk(private.public_key())
+    )
     kid = jwk_thumbprint(public_jwk)
     public_jwk.update(kid=kid, use="sig", alg="EdDSA")
     return GeneratedKey(kid=kid, algorithm="EdDSA", private_pem=pem, public_jwk=public_jwk)

@@ -43,7 +43,9 @@ def require_admin(request: web.Request) -> None:
     """The operator's bootstrap credential, compared in constant time."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     expected = request.app[AUTH_SETTINGS].admin_token.get_secret_value()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), expected.encode()
+    ):
         raise Unauthorized("Operator credentials required", error="invalid_token")
 
 
@@ -57,35 +59,55 @@ def client_credentials(request: web.Request, form: dict[str, str]) -> tuple[str,
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "basic":
-            raise OAuthError("invalid_client", "Unsupported client authentication", status=401,
-                             headers={"WWW-Authenticate": 'Basic realm="vetgate"'})
+            raise OAuthError(
+                "invalid_client",
+                "Unsupported client authentication",
+                status=401,
+                headers={"WWW-Authenticate": 'Basic realm="vetgate"'},
+            )
         if "client_secret" in form:
             raise OAuthError("invalid_request", "Use one client authentication method, not two")
         try:
             decoded = base64.b64decode(value.strip(), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
-            raise OAuthError("invalid_client", "Malformed Basic credentials", status=401,
-                             headers={"WWW-Authenticate": 'Basic realm="vetgate"'}) from None
+            raise OAuthError(
+                "invalid_client",
+                "Malformed Basic credentials",
+                status=401,
+                headers={"WWW-Authenticate": 'Basic realm="vetgate"'},
+            ) from None
         client_id, sep, secret = decoded.partition(":")
         if not sep:
-            raise OAuthError("invalid_client", "Malformed Basic credentials", status=401,
-                             headers={"WWW-Authenticate": 'Basic realm="vetgate"'})
+            raise OAuthError(
+                "invalid_client",
+                "Malformed Basic credentials",
+                status=401,
+                headers={"WWW-Authenticate": 'Basic realm="vetgate"'},
+            )
         return unquote(client_id.replace("+", " ")), unquote(secret.replace("+", " "))
     if in_body and form.get("client_id") and form.get("client_secret"):
         return form["client_id"], form["client_secret"]
-    raise OAuthError("invalid_client", "Client authentication is required", status=401,
-                     headers={"WWW-Authenticate": 'Basic realm="vetgate"'})
+    raise OAuthError(
+        "invalid_client",
+        "Client authentication is required",
+        status=401,
+        headers={"WWW-Authenticate": 'Basic realm="vetgate"'},
+    )
 
 
 async def _oauth_form(request: web.Request) -> dict[str, str]:
     if request.content_type != "application/x-www-form-urlencoded":
-        raise OAuthError("invalid_request", "Send the parameters as application/x-www-form-urlencoded")
+        raise OAuthError(
+            "invalid_request", "Send the parameters as application/x-www-form-urlencoded"
+        )
     return dict(await read_form(request))
 
 
 async def token(request: web.Request) -> web.Response:
     form = await _oauth_form(request)
-    parsed = TokenForm.model_validate({k: v for k, v in form.items() if k in TokenForm.model_fields})
+    parsed = TokenForm.model_validate(
+        {k: v for k, v in form.items() if k in TokenForm.model_fields}
+    )
     if not parsed.grant_type:
         raise OAuthError("invalid_request", "grant_type is required")
     if parsed.grant_type not in ("client_credentials", "password"):
@@ -95,15 +117,24 @@ async def token(request: web.Request) -> web.Response:
     pool = request.app[DB_POOL]
     if parsed.grant_type == "client_credentials":
         answer = await service.issue_client_token(
-            pool, ctx, client_id=client_id, client_secret=secret,
-            scope=parsed.scope, clinic_id=parsed.clinic_id,
+            pool,
+            ctx,
+            client_id=client_id,
+            client_secret=secret,
+            scope=parsed.scope,
+            clinic_id=parsed.clinic_id,
         )
     else:
         if not parsed.username or not parsed.password:
             raise OAuthError("invalid_request", "username and password are required")
         answer = await service.issue_user_token(
-            pool, ctx, client_id=client_id, client_secret=secret,
-            username=parsed.username, password=parsed.password, scope=parsed.scope,
+            pool,
+            ctx,
+            client_id=client_id,
+            client_secret=secret,
+            username=parsed.username,
+            password=parsed.password,
+            scope=parsed.scope,
         )
     return json_model(answer, headers=NO_STORE)
 
@@ -114,8 +145,11 @@ async def introspect(request: web.Request) -> web.Response:
     if not form.get("token"):
         raise OAuthError("invalid_request", "token is required")
     answer = await service.introspect(
-        request.app[DB_POOL], request.app[AUTH_CONTEXT],
-        client_id=client_id, client_secret=secret, token=form["token"],
+        request.app[DB_POOL],
+        request.app[AUTH_CONTEXT],
+        client_id=client_id,
+        client_secret=secret,
+        token=form["token"],
     )
     return web.json_response(answer, headers=NO_STORE)
 
@@ -129,8 +163,11 @@ async def revoke(request: web.Request) -> web.Response:
     if hint not in (None, "access_token"):
         raise OAuthError("unsupported_token_type", "Only access tokens are issued and revocable")
     await service.revoke_token(
-        request.app[DB_POOL], request.app[AUTH_CONTEXT],
-        client_id=client_id, client_secret=secret, token=form["token"],
+        request.app[DB_POOL],
+        request.app[AUTH_CONTEXT],
+        client_id=client_id,
+        client_secret=secret,
+        token=form["token"],
     )
     return web.Response(status=200, headers=NO_STORE)
 
@@ -151,8 +188,14 @@ async def server_metadata(request: web.Request) -> web.Response:
             "revocation_endpoint": f"{issuer}/oauth/revoke",
             "grant_types_supported": ["client_credentials", "password"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-            "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-            "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "introspection_endpoint_auth_methods_supported": [
+                "client_secret_basic",
+                "client_secret_post",
+            ],
+            "revocation_endpoint_auth_methods_supported": [
+                "client_secret_basic",
+                "client_secret_post",
+            ],
             "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
             "scopes_supported": sorted(service.scopes.ALL_SCOPES),
             "response_types_supported": [],
@@ -210,7 +253,9 @@ async def admin_create_application(request: web.Request) -> web.Response:
 
 async def admin_get_application(request: web.Request) -> web.Response:
     require_admin(request)
-    return json_model(await service.get_application(request.app[DB_POOL], _uuid_param(request, "app_id")))
+    return json_model(
+        await service.get_application(request.app[DB_POOL], _uuid_param(request, "app_id"))
+    )
 
 
 async def admin_update_application(request: web.Request) -> web.Response:
@@ -223,20 +268,26 @@ async def admin_update_application(request: web.Request) -> web.Response:
 async def admin_approve_application(request: web.Request) -> web.Response:
     require_admin(request)
     app_id = _uuid_param(request, "app_id")
-    return json_model(await service.set_application_status(request.app[DB_POOL], app_id, "approved"))
+    return json_model(
+        await service.set_application_status(request.app[DB_POOL], app_id, "approved")
+    )
 
 
 async def admin_suspend_application(request: web.Request) -> web.Response:
     require_admin(request)
     app_id = _uuid_param(request, "app_id")
-    return json_model(await service.set_application_status(request.app[DB_POOL], app_id, "suspended"))
+    return json_model(
+        await service.set_application_status(request.app[DB_POOL], app_id, "suspended")
+    )
 
 
 async def admin_rotate_secret(request: web.Request) -> web.Response:
     require_admin(request)
     app_id = _uuid_param(request, "app_id")
     grace = request.app[AUTH_SETTINGS].secret_rotation_grace_seconds
-    rotated = await service.rotate_application_secret(request.app[DB_POOL], app_id, grace_seconds=grace)
+    rotated = await service.rotate_application_secret(
+        request.app[DB_POOL], app_id, grace_seconds=grace
+    )
     return json_model(rotated, headers=NO_STORE)
 
 
@@ -263,7 +314,9 @@ async def admin_create_staff_user(request: web.Request) -> web.Response:
     require_admin(request)
     clinic_id = _uuid_param(request, "clinic_id")
     data = await parse_body(request, StaffUserCreate)
-    return json_model(await service.create_staff_user(request.app[DB_POOL], clinic_id, data), status=201)
+    return json_model(
+        await service.create_staff_user(request.app[DB_POOL], clinic_id, data), status=201
+    )
 
 
 async def admin_rotate_signing_key(request: web.Request) -> web.Response:
@@ -271,4 +324,3 @@ async def admin_rotate_signing_key(request: web.Request) -> web.Response:
     key = await service.rotate_signing_key(request.app[DB_POOL], request.app[AUTH_SETTINGS])
     request.app[AUTH_CONTEXT].keyring.invalidate()
     return json_model(key, status=201)
-

@@ -56,7 +56,13 @@ class KeyRing:
                     async with self._pool.acquire() as conn:
                         rows = await store.live_signing_keys(conn)
                     self._keys = [
-                        KeyView(r["kid"], r["algorithm"], r["public_jwk"], r["active"], r["private_key_pem"])
+                        KeyView(
+                            r["kid"],
+                            r["algorithm"],
+                            r["public_jwk"],
+                            r["active"],
+                            r["private_key_pem"],
+                        )
                         for r in rows
                     ]
                     self._loaded_at = self._clock()
@@ -73,10 +79,15 @@ class KeyRing:
         private = self._private.get(key.kid)
         if private is None:
             # Decrypting the PEM runs a key-derivation function: do it once per key.
-            private = await asyncio.to_thread(crypto.load_private_key, key.private_pem, self._passphrase)
+            private = await asyncio.to_thread(
+                crypto.load_private_key, key.private_pem, self._passphrase
+            )
             self._private[key.kid] = private
         return jwt.encode(
-            claims, private, algorithm=key.algorithm, headers={"kid": key.kid, "typ": ACCESS_TOKEN_TYP}
+            claims,
+            private,
+            algorithm=key.algorithm,
+            headers={"kid": key.kid, "typ": ACCESS_TOKEN_TYP},
         )
 
     async def decode(self, token: str, *, audience: str, issuer: str) -> dict[str, Any] | None:

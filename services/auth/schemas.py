@@ -130,7 +130,8 @@ class GrantPage(BaseModel):
 
 
 Username = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=3, max_length=100, pattern=r"^[\w.@+-]+$")
+    str,
+    StringConstraints(strip_whitespace=True, min_length=3, max_length=100, pattern=r"^[\w.@+-]+$"),
 ]
 
 

@@ -73,7 +73,9 @@ async def create_clinic(pool: asyncpg.Pool, data: ClinicCreate) -> ClinicRead:
     return ClinicRead.model_validate(dict(row))
 
 
-async def get_clinic_for(pool: asyncpg.Pool, principal: Principal, clinic_id: uuid.UUID) -> ClinicRead:
+async def get_clinic_for(
+    pool: asyncpg.Pool, principal: Principal, clinic_id: uuid.UUID
+) -> ClinicRead:
     """One clinic, if the calling application holds a grant for it."""
     async with pool.acquire() as conn:
         grant = await store.clinic_grant(conn, principal.application_id, clinic_id)
@@ -84,7 +86,9 @@ async def get_clinic_for(pool: asyncpg.Pool, principal: Principal, clinic_id: uu
     return ClinicRead.model_validate(dict(row))
 
 
-async def list_clinics_for(pool: asyncpg.Pool, principal: Principal, query: PageQuery) -> ClinicPage:
+async def list_clinics_for(
+    pool: asyncpg.Pool, principal: Principal, query: PageQuery
+) -> ClinicPage:
     """The clinics the calling application holds grants for, by id, cursor-paginated."""
     key = decode_cursor(query.cursor, 1)
     after = uuid.UUID(key[0]) if key else None
@@ -160,11 +164,15 @@ async def update_application(
         row = await store.update_application(conn, app_id, changes)
         if row is None:
             raise NotFound("No such application")
-        await emit(conn, events.APPLICATION_UPDATED, _app_event(row), aggregate=f"application:{app_id}")
+        await emit(
+            conn, events.APPLICATION_UPDATED, _app_event(row), aggregate=f"application:{app_id}"
+        )
     return ApplicationRead.model_validate(dict(row))
 
 
-async def set_application_status(pool: asyncpg.Pool, app_id: uuid.UUID, status: str) -> ApplicationRead:
+async def set_application_status(
+    pool: asyncpg.Pool, app_id: uuid.UUID, status: str
+) -> ApplicationRead:
     """Approve or suspend; a clinic-owned production build needs a signed DPA to be approved."""
     async with pool.acquire() as conn, conn.transaction():
         current = await store.get_application(conn, app_id, for_update=True)
@@ -183,7 +191,9 @@ async def set_application_status(pool: asyncpg.Pool, app_id: uuid.UUID, status: 
             )
         row = await store.update_application(conn, app_id, {"status": status})
         assert row is not None
-        event_type = events.APPLICATION_APPROVED if status == "approved" else events.APPLICATION_SUSPENDED
+        event_type = (
+            events.APPLICATION_APPROVED if status == "approved" else events.APPLICATION_SUSPENDED
+        )
         await emit(conn, event_type, _app_event(row), aggregate=f"application:{app_id}")
     return ApplicationRead.model_validate(dict(row))
 
@@ -222,8 +232,12 @@ _GRANT_CONSTRAINTS = {
     "grants_active_group": lambda _: Conflict(
         "The application already holds an active grant for this group", slug="grant-exists"
     ),
-    "grants_clinic_id_fkey": lambda _: ValidationProblem([FieldError("body.clinic_id", "No such clinic")]),
-    "grants_group_id_fkey": lambda _: ValidationProblem([FieldError("body.group_id", "No such group")]),
+    "grants_clinic_id_fkey": lambda _: ValidationProblem(
+        [FieldError("body.clinic_id", "No such clinic")]
+    ),
+    "grants_group_id_fkey": lambda _: ValidationProblem(
+        [FieldError("body.group_id", "No such group")]
+    ),
 }
 
 
@@ -234,10 +248,14 @@ async def create_grant(pool: asyncpg.Pool, data: GrantCreate) -> GrantRead:
             async with conn.transaction():
                 app = await store.get_application(conn, data.application_id)
                 if app is None:
-                    raise ValidationProblem([FieldError("body.application_id", "No such application")])
+                    raise ValidationProblem(
+                        [FieldError("body.application_id", "No such application")]
+                    )
                 if data.clinic_id is not None:
                     clinic = await store.get_clinic(conn, data.clinic_id)
-                    if clinic is not None and clinic["sandbox"] != (app["environment"] == "sandbox"):
+                    if clinic is not None and clinic["sandbox"] != (
+                        app["environment"] == "sandbox"
+                    ):
                         raise Conflict(
                             "Sandbox applications may only be granted sandbox clinics, and "
                             "production applications only real ones",
@@ -294,7 +312,9 @@ async def list_grants(pool: asyncpg.Pool, app_id: uuid.UUID, query: PageQuery) -
             conn, app_id, after=uuid.UUID(key[0]) if key else None, limit=query.limit + 1
         )
     items = [GrantRead.model_validate(dict(r)) for r in rows[: query.limit]]
-    return GrantPage(items=items, next_cursor=encode_cursor(items[-1].id) if len(rows) > query.limit else None)
+    return GrantPage(
+        items=items, next_cursor=encode_cursor(items[-1].id) if len(rows) > query.limit else None
+    )
 
 
 # --- signing keys -----------------------------------------------------------------------------
@@ -331,7 +351,9 @@ async def ensure_signing_key(pool: asyncpg.Pool, settings: AuthSettings) -> bool
 # --- staff users ------------------------------------------------------------------------------
 
 
-async def create_staff_user(pool: asyncpg.Pool, clinic_id: uuid.UUID, data: StaffUserCreate) -> StaffUserRead:
+async def create_staff_user(
+    pool: asyncpg.Pool, clinic_id: uuid.UUID, data: StaffUserCreate
+) -> StaffUserRead:
     """A clinic staff member who can sign in through an approved application."""
     password_hash = await asyncio.to_thread(crypto.hash_password, data.password)
     async with pool.acquire() as conn:
@@ -369,7 +391,10 @@ async def authenticate_client(
 ) -> asyncpg.Record:
     """The application whose id and secret these are; slowed down after repeated failures."""
     limits = ctx.settings
-    if ctx.failures.peek(client_id, rate=limits.auth_failure_rate, burst=limits.auth_failure_burst) < 1:
+    if (
+        ctx.failures.peek(client_id, rate=limits.auth_failure_rate, burst=limits.auth_failure_burst)
+        < 1
+    ):
         raise RateLimited(
             "Too many failed authentications for this client; slow down",
             retry_after=1 / limits.auth_failure_rate,
@@ -393,9 +418,7 @@ def _check_tier_limit(ctx: AuthContext, app: asyncpg.Record) -> None:
 
 def _check_may_get_tokens(app: asyncpg.Record) -> None:
     if app["status"] != "approved":
-        raise OAuthError(
-            "unauthorized_client", f"The application is {app['status']}, not approved"
-        )
+        raise OAuthError("unauthorized_client", f"The application is {app['status']}, not approved")
     if app["environment"] == "production" and app["clinic_owned"] and not app["dpa_signed"]:
         raise OAuthError(
             "unauthorized_client", "Production access needs a signed data-processing agreement"
@@ -422,7 +445,10 @@ def _requested_scopes(raw: str | None) -> set[str] | None:
 
 
 async def _granted_scopes(
-    conn: asyncpg.Connection, app: asyncpg.Record, clinic_id: uuid.UUID | None, requested: set[str] | None
+    conn: asyncpg.Connection,
+    app: asyncpg.Record,
+    clinic_id: uuid.UUID | None,
+    requested: set[str] | None,
 ) -> tuple[set[str], uuid.UUID | None]:
     """Scopes to put in the token (and the clinic's group), or an RFC 6749 refusal."""
     if clinic_id is None:
@@ -518,7 +544,9 @@ async def issue_user_token(
         _check_may_get_tokens(app)
         _check_tier_limit(ctx, app)
         user = await store.staff_user_by_username(conn, username)
-    ok = await asyncio.to_thread(crypto.verify_password, password, user["password_hash"] if user else None)
+    ok = await asyncio.to_thread(
+        crypto.verify_password, password, user["password_hash"] if user else None
+    )
     if user is None or not ok or not user["active"]:
         raise OAuthError("invalid_grant", "Unknown user or wrong password")
     async with pool.acquire() as conn:

@@ -126,7 +126,9 @@ async def get_application(
     conn: asyncpg.Connection, app_id: uuid.UUID, *, for_update: bool = False
 ) -> Record | None:
     lock = " FOR UPDATE" if for_update else ""
-    return await conn.fetchrow(f"SELECT {_APP_COLUMNS} FROM applications WHERE id = $1{lock}", app_id)
+    return await conn.fetchrow(
+        f"SELECT {_APP_COLUMNS} FROM applications WHERE id = $1{lock}", app_id
+    )
 
 
 async def client_credentials(conn: asyncpg.Connection, client_id: str) -> Record | None:
@@ -355,3 +357,74 @@ async def token_is_revoked(conn: asyncpg.Connection, jti: str) -> bool:
 async def purge_expired_revocations(conn: asyncpg.Connection) -> int:
     result: str = await conn.execute("DELETE FROM revoked_tokens WHERE expires_at < now()")
     return int(result.split()[-1])
+
+
+# --- sandbox ----------------------------------------------------------------------------------
+
+
+async def upsert_sandbox(
+    conn: asyncpg.Connection,
+    *,
+    group_id: uuid.UUID,
+    clinic_id: uuid.UUID,
+    partner_id: uuid.UUID,
+    application_id: uuid.UUID,
+    client_id: str,
+    secret_hash: bytes,
+    grant_id: uuid.UUID,
+    scopes: list[str],
+    staff_user_id: uuid.UUID,
+    staff_username: str,
+    password_hash: str,
+) -> None:
+    """Create the sandbox tenant, or bring it back to its seeded state."""
+    await conn.execute(
+        "INSERT INTO groups (id, name) VALUES ($1, 'Sandbox Veterinary Group') "
+        "ON CONFLICT (id) DO NOTHING",
+        group_id,
+    )
+    await conn.execute(
+        "INSERT INTO clinics (id, group_id, name, time_zone, country, sandbox) "
+        "VALUES ($1, $2, 'Sandbox Clinic London', 'Europe/London', 'GB', true) "
+        "ON CONFLICT (id) DO NOTHING",
+        clinic_id,
+        group_id,
+    )
+    await conn.execute(
+        "INSERT INTO partners (id, name, contact_email) "
+        "VALUES ($1, 'Sandbox Partner', 'sandbox-partner@example.com') "
+        "ON CONFLICT (id) DO NOTHING",
+        partner_id,
+    )
+    await conn.execute(
+        """
+        INSERT INTO applications (id, partner_id, name, client_id, secret_hash, environment,
+                                  tier, status, contact_email)
+        VALUES ($1, $2, 'Sandbox Application', $3, $4, 'sandbox', 1, 'approved',
+                'sandbox-partner@example.com')
+        ON CONFLICT (id) DO UPDATE SET secret_hash = EXCLUDED.secret_hash, status = 'approved'
+        """,
+        application_id,
+        partner_id,
+        client_id,
+        secret_hash,
+    )
+    await conn.execute(
+        "INSERT INTO grants (id, application_id, clinic_id, scopes) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (id) DO UPDATE SET revoked_at = NULL, scopes = EXCLUDED.scopes",
+        grant_id,
+        application_id,
+        clinic_id,
+        scopes,
+    )
+    await conn.execute(
+        """
+        INSERT INTO staff_users (id, clinic_id, username, display_name, role, password_hash)
+        VALUES ($1, $2, $3, 'Sandbox Vet', 'vet', $4)
+        ON CONFLICT (id) DO UPDATE SET password_hash = EXCLUDED.password_hash, active = true
+        """,
+        staff_user_id,
+        clinic_id,
+        staff_username,
+        password_hash,
+    )

@@ -1,1 +1,2 @@
-"""The bookings service: practitioners, services, resource mappings, schedules, slots, availability and bookings."""
+"""The bookings service: practitioners, services, resource mappings, schedules, slots, availability
+and bookings."""

@@ -6,4 +6,8 @@ from shared.api import Api
 
 
 def build_api() -> Api:
-    return Api("Vetgate bookings", description="Practitioners, services, resource mappings, schedules, slots, availability and bookings.")
+    return Api(
+        "Vetgate bookings",
+        description="Practitioners, services, resource mappings, schedu"
+        "les, slots, availability and bookings.",
+    )

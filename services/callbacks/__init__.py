@@ -1,1 +1,2 @@
-"""The callbacks service: webhook endpoints, signed delivery with retries, replay and endpoint monitoring."""
+"""The callbacks service: webhook endpoints, signed delivery with retries, replay and
+endpoint monitoring."""

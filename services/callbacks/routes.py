@@ -6,4 +6,8 @@ from shared.api import Api
 
 
 def build_api() -> Api:
-    return Api("Vetgate callbacks", description="Webhook endpoints, signed delivery with retries, replay and endpoint monitoring.")
+    return Api(
+        "Vetgate callbacks",
+        description="Webhook endpoints, signed delivery with retries, r"
+        "eplay and endpoint monitoring.",
+    )

@@ -1,1 +1,2 @@
-"""The registrations service: registration form lookups, duplicate checks and client + pet onboarding."""
+"""The registrations service: registration form lookups, duplicate checks and client + pet
+onboarding."""

@@ -6,4 +6,7 @@ from shared.api import Api
 
 
 def build_api() -> Api:
-    return Api("Vetgate registrations", description="Registration form lookups, duplicate checks and client + pet onboarding.")
+    return Api(
+        "Vetgate registrations",
+        description="Registration form lookups, duplicate checks and client + pet onboarding.",
+    )
