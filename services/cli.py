@@ -328,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
             applied = asyncio.run(migrate(AuthSettings().database_url))
             _print({"applied": applied})
         elif args.command == "seed-sandbox":
+            asyncio.run(migrate(AuthSettings().database_url, quiet=True))
             credentials = asyncio.run(_with_auth_pool(sandbox.seed))
             if args.json:
                 _print(credentials)

@@ -75,6 +75,10 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     try:
         if request.path == "/healthz":
             return web.json_response({"status": "ok", "service": "gateway"})
+        # Dot segments would be resolved by the upstream client after routing; refuse them so
+        # that the route decided here is the route taken.
+        if any(part in (".", "..") for part in request.raw_path.split("?", 1)[0].split("/")):
+            raise ProblemError("Dot segments are not allowed in API paths", slug="bad-path")
         target = route(request.path)
         if target is None:
             raise NotFound(f"No API path {request.path}")
