@@ -112,6 +112,8 @@ class Broker:
                 self._publish_timeout,
             )
         except (TimeoutError, OSError, aio_pika.exceptions.AMQPError, RuntimeError) as exc:
+            # A lost connection fails in-flight publishes with AMQPError, RuntimeError or even a
+            # bare Exception (aiormq); whatever it is, the message was not confirmed.
             raise BrokerUnavailable(type(exc).__name__) from exc
 
     async def consume_durable(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 
@@ -25,6 +27,18 @@ class Metrics:
         self.events = Counter(
             "events_emitted_total", "Events written to the outbox", ["type"], registry=self.registry
         )
+
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one request and its latency; label children are looked up once per key."""
+        key = (method, route, str(status))
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(*key), self.latency.labels(method, route))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def counter(self, name: str, doc: str, labels: list[str]) -> Counter:
         return Counter(name, doc, labels, registry=self.registry)

@@ -79,6 +79,7 @@ class OutboxRelay:
 
     async def publish_pending(self) -> int:
         """Publish one batch; return how many rows were marked sent."""
+        failure: BrokerUnavailable | None = None
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 """
@@ -89,25 +90,33 @@ class OutboxRelay:
                 self._batch,
             )
             sent: list[int] = []
-            try:
-                for row in rows:
+            for row in rows:
+                try:
                     await self._broker.publish(row["event_type"], row["payload"], row["event_id"])
-                    sent.append(row["seq"])
-            finally:
-                # Rows confirmed before a failure are marked, the rest stay for the next round.
-                if sent:
-                    await conn.execute(
-                        "UPDATE outbox SET published_at = now(), attempts = attempts + 1 "
-                        "WHERE seq = ANY($1::bigint[])",
-                        sent,
-                    )
-            return len(sent)
+                except BrokerUnavailable as exc:
+                    failure = exc
+                    break
+                sent.append(row["seq"])
+            # Rows confirmed before a failure are marked, the rest stay for the next round. The
+            # failure is raised only after the commit: raised in here it would roll the marks back.
+            if sent:
+                await conn.execute(
+                    "UPDATE outbox SET published_at = now(), attempts = attempts + 1 "
+                    "WHERE seq = ANY($1::bigint[])",
+                    sent,
+                )
+        if failure is not None:
+            raise failure
+        return len(sent)
 
     async def run(self) -> None:
         listener = asyncio.create_task(self._listen())
         backoff = self._poll_seconds
         try:
             while True:
+                # Cleared before the round, not after: a NOTIFY that arrives while publishing
+                # must wake the next wait instead of being thrown away.
+                self._wake.clear()
                 try:
                     while await self.publish_pending() == self._batch:
                         pass
@@ -115,7 +124,6 @@ class OutboxRelay:
                 except (BrokerUnavailable, OSError, asyncpg.PostgresError) as exc:
                     log.warning("outbox relay paused: %s", exc.__class__.__name__)
                     backoff = min(backoff * 2, 15.0)
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=backoff)
         finally:

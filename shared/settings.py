@@ -42,6 +42,9 @@ class ServiceSettings(BaseSettings):
     auth_url: str = "http://127.0.0.1:8001"
     jwks_cache_seconds: float = 300.0
     jwks_min_refetch_seconds: float = 1.0
+    # Tokens issued up to this long after a grant was revoked (or an application suspended) are
+    # refused too: it covers the auth service's credential cache and whole-second ``iat``.
+    revocation_margin_seconds: float = 2.0
     max_body_bytes: int = 1024 * 1024
     log_level: str = "INFO"
     outbox_poll_seconds: float = 1.0

@@ -48,6 +48,11 @@ ALGORITHMS = ["EdDSA", "ES256"]
 ACCESS_TOKEN_TYP = "at+jwt"
 
 
+def is_access_token_type(typ: object) -> bool:
+    """RFC 9068 §4: ``at+jwt``, or the full media type ``application/at+jwt``."""
+    return isinstance(typ, str) and typ.lower() in (ACCESS_TOKEN_TYP, "application/at+jwt")
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: an application, optionally acting for one clinic and one staff user."""
@@ -59,6 +64,7 @@ class Principal:
     group_id: uuid.UUID | None
     user_id: uuid.UUID | None
     tier: int
+    environment: str
     jti: str
     issued_at: float
     expires_at: float
@@ -77,6 +83,7 @@ class Principal:
             group_id=opt_uuid("group_id"),
             user_id=opt_uuid("user_id"),
             tier=int(claims.get("tier", 0)),
+            environment=str(claims.get("env", "production")),
             jti=str(claims["jti"]),
             issued_at=float(claims["iat"]),
             expires_at=float(claims["exp"]),
@@ -100,6 +107,8 @@ class JwksCache:
         self._clock = clock
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = float("-inf")
+        # When a fetch was last tried, successful or not: the refetch throttle counts from here.
+        self._attempted_at = float("-inf")
         self._lock = asyncio.Lock()
 
     async def key(self, kid: str) -> jwt.PyJWK | None:
@@ -109,11 +118,12 @@ class JwksCache:
         async with self._lock:
             # Another waiter may have refreshed while we queued for the lock.
             if kid not in self._keys or self._clock() - self._fetched_at >= self._ttl:
-                if self._clock() - self._fetched_at >= self._min_refetch:
+                if self._clock() - self._attempted_at >= self._min_refetch:
                     await self._refresh()
         return self._keys.get(kid)
 
     async def _refresh(self) -> None:
+        self._attempted_at = self._clock()
         try:
             document = await self._fetch()
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -134,8 +144,10 @@ class JwksCache:
 class RevocationList:
     """Tokens, grants and applications that were revoked after tokens for them were issued."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, *, margin: float = 0.0) -> None:
         self._clock = clock
+        # Tokens issued this long after a revocation still fall under it (see settings).
+        self._margin = margin
         self._jtis: dict[str, float] = {}
         self._grants: dict[tuple[str, uuid.UUID], float] = {}
         self._applications: dict[str, float] = {}
@@ -155,13 +167,13 @@ class RevocationList:
         if p.jti in self._jtis:
             return True
         suspended = self._applications.get(p.client_id)
-        if suspended is not None and p.issued_at <= suspended:
+        if suspended is not None and p.issued_at <= suspended + self._margin:
             return True
         for scope_id in (p.clinic_id, p.group_id):
             if scope_id is None:
                 continue
             revoked = self._grants.get((p.client_id, scope_id))
-            if revoked is not None and p.issued_at <= revoked:
+            if revoked is not None and p.issued_at <= revoked + self._margin:
                 return True
         return False
 
@@ -211,7 +223,7 @@ class TokenVerifier:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError:
             raise Unauthorized("The access token is malformed") from None
-        if header.get("typ") != ACCESS_TOKEN_TYP or header.get("alg") not in ALGORITHMS:
+        if not is_access_token_type(header.get("typ")) or header.get("alg") not in ALGORITHMS:
             raise Unauthorized("The access token is not a Vetgate access token")
         kid = header.get("kid")
         key = await self.jwks.key(kid) if isinstance(kid, str) else None
@@ -341,6 +353,15 @@ async def install_verifier(app: web.Application, verifier: TokenVerifier) -> Non
     await app[BROKER].subscribe_broadcast(REVOCATION_EVENTS, on_revocation)
 
 
+def build_verifier(settings: ServiceSettings, jwks: JwksCache) -> TokenVerifier:
+    return TokenVerifier(
+        jwks,
+        issuer=settings.issuer,
+        audience=settings.token_audience,
+        revocations=RevocationList(margin=settings.revocation_margin_seconds),
+    )
+
+
 async def verifier_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx for resource services: JWKS fetched from the auth service over HTTP.
 
@@ -352,7 +373,5 @@ async def verifier_ctx(app: web.Application) -> AsyncIterator[None]:
         ttl=settings.jwks_cache_seconds,
         min_refetch=settings.jwks_min_refetch_seconds,
     )
-    await install_verifier(
-        app, TokenVerifier(jwks, issuer=settings.issuer, audience=settings.token_audience)
-    )
+    await install_verifier(app, build_verifier(settings, jwks))
     yield

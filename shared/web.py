@@ -11,9 +11,10 @@ import json
 import logging
 import re
 import time
-import uuid
+import random
 from collections.abc import Mapping
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 import asyncpg
 from aiohttp import web
@@ -58,7 +59,7 @@ _HTTP_SLUGS = {
 async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, problem rendering, access log and metrics: the outermost layer."""
     incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if _REQUEST_ID_RE.match(incoming) else f"{random.getrandbits(64):016x}"
     token = request_id_var.set(request_id)
     started = time.perf_counter()
     route = request.match_info.route.resource
@@ -94,8 +95,7 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
         elapsed = time.perf_counter() - started
         metrics = request.app.get(METRICS)
         if metrics is not None:
-            metrics.requests.labels(request.method, route_name, str(response.status)).inc()
-            metrics.latency.labels(request.method, route_name).observe(elapsed)
+            metrics.observe_request(request.method, route_name, response.status, elapsed)
         if not request.path.startswith(("/healthz", "/readyz", "/metrics")):
             log.info(
                 "%s %s %s",
@@ -211,10 +211,19 @@ async def read_form(request: web.Request) -> Mapping[str, str]:
     ):
         raise PayloadTooLarge("The request body exceeds the allowed size")
     try:
-        form = await request.post()
+        raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge("The request body exceeds the allowed size") from None
-    return {k: v for k, v in form.items() if isinstance(v, str)}
+    try:
+        pairs = parse_qsl(raw.decode(), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError:
+        raise ValidationProblem([FieldError("body", "The form is not UTF-8")]) from None
+    # A repeated parameter is ambiguous; RFC 6749 §3.2 says it must not be; first one wins here
+    # and the OAuth handlers refuse repeats explicitly where it matters.
+    form: dict[str, str] = {}
+    for key, value in pairs:
+        form.setdefault(key, value)
+    return form
 
 
 def parse_query(request: web.Request, model: type[ModelT]) -> ModelT:

@@ -4,17 +4,20 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from aio_pika.abc import AbstractIncomingMessage
+
 from services.auth import service
+from services.auth.cache import TtlCache
 from services.auth.keyring import KeyRing
 from services.auth.keys import AUTH_CONTEXT, AUTH_SETTINGS
 from services.auth.routes import build_api
 from services.auth.settings import AuthSettings
 from shared.broker import broker_ctx
 from shared.db import pool_ctx
-from shared.keys import DB_POOL
+from shared.keys import BROKER, DB_POOL
 from shared.outbox import relay_ctx
 from shared.ratelimit import TokenBuckets
-from shared.tokens import JwksCache, TokenVerifier, install_verifier
+from shared.tokens import JwksCache, build_verifier, install_verifier
 from shared.web import base_app
 
 
@@ -27,14 +30,23 @@ async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.signing_key_passphrase.get_secret_value(),
         cache_seconds=settings.key_cache_seconds,
     )
+    cache = TtlCache(settings.credential_cache_seconds)
     app[AUTH_CONTEXT] = service.AuthContext(
-        settings=settings, keyring=keyring, failures=TokenBuckets(), app_limits=TokenBuckets()
+        settings=settings,
+        keyring=keyring,
+        failures=TokenBuckets(),
+        app_limits=TokenBuckets(),
+        cache=cache,
     )
+
+    async def on_directory_change(message: AbstractIncomingMessage) -> None:
+        async with message.process(requeue=False):
+            cache.clear()
+
+    await app[BROKER].subscribe_broadcast(["grant.*", "application.*"], on_directory_change)
     # The auth service checks tokens on its own resource routes straight from its key table.
-    verifier = TokenVerifier(
-        JwksCache(keyring.jwks, ttl=settings.key_cache_seconds, min_refetch=0.2),
-        issuer=settings.issuer,
-        audience=settings.token_audience,
+    verifier = build_verifier(
+        settings, JwksCache(keyring.jwks, ttl=settings.key_cache_seconds, min_refetch=0.2)
     )
     await install_verifier(app, verifier)
     yield

@@ -39,6 +39,11 @@ def _uuid_param(request: web.Request, name: str) -> uuid.UUID:
         raise ValidationProblem([FieldError(f"path.{name}", "Not a valid id")]) from None
 
 
+def _directory_changed(request: web.Request) -> None:
+    """This process forgets cached credentials now; other copies do on the event."""
+    request.app[AUTH_CONTEXT].cache.clear()
+
+
 def require_admin(request: web.Request) -> None:
     """The operator's bootstrap credential, compared in constant time."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -105,11 +110,12 @@ async def _oauth_form(request: web.Request) -> dict[str, str]:
 
 async def token(request: web.Request) -> web.Response:
     form = await _oauth_form(request)
+    # Checked before the model, whose missing-field error would not be an RFC 6749 answer.
+    if not form.get("grant_type"):
+        raise OAuthError("invalid_request", "grant_type is required")
     parsed = TokenForm.model_validate(
         {k: v for k, v in form.items() if k in TokenForm.model_fields}
     )
-    if not parsed.grant_type:
-        raise OAuthError("invalid_request", "grant_type is required")
     if parsed.grant_type not in ("client_credentials", "password"):
         raise OAuthError("unsupported_grant_type", f"Unsupported grant_type {parsed.grant_type!r}")
     client_id, secret = client_credentials(request, form)
@@ -262,23 +268,29 @@ async def admin_update_application(request: web.Request) -> web.Response:
     require_admin(request)
     app_id = _uuid_param(request, "app_id")
     data = await parse_body(request, ApplicationUpdate)
-    return json_model(await service.update_application(request.app[DB_POOL], app_id, data))
+    changed = json_model(await service.update_application(request.app[DB_POOL], app_id, data))
+    _directory_changed(request)
+    return changed
 
 
 async def admin_approve_application(request: web.Request) -> web.Response:
     require_admin(request)
     app_id = _uuid_param(request, "app_id")
-    return json_model(
+    changed = json_model(
         await service.set_application_status(request.app[DB_POOL], app_id, "approved")
     )
+    _directory_changed(request)
+    return changed
 
 
 async def admin_suspend_application(request: web.Request) -> web.Response:
     require_admin(request)
     app_id = _uuid_param(request, "app_id")
-    return json_model(
+    changed = json_model(
         await service.set_application_status(request.app[DB_POOL], app_id, "suspended")
     )
+    _directory_changed(request)
+    return changed
 
 
 async def admin_rotate_secret(request: web.Request) -> web.Response:
@@ -288,7 +300,9 @@ async def admin_rotate_secret(request: web.Request) -> web.Response:
     rotated = await service.rotate_application_secret(
         request.app[DB_POOL], app_id, grace_seconds=grace
     )
-    return json_model(rotated, headers=NO_STORE)
+    changed = json_model(rotated, headers=NO_STORE)
+    _directory_changed(request)
+    return changed
 
 
 async def admin_list_grants(request: web.Request) -> web.Response:
@@ -301,13 +315,17 @@ async def admin_list_grants(request: web.Request) -> web.Response:
 async def admin_create_grant(request: web.Request) -> web.Response:
     require_admin(request)
     data = await parse_body(request, GrantCreate)
-    return json_model(await service.create_grant(request.app[DB_POOL], data), status=201)
+    changed = json_model(await service.create_grant(request.app[DB_POOL], data), status=201)
+    _directory_changed(request)
+    return changed
 
 
 async def admin_revoke_grant(request: web.Request) -> web.Response:
     require_admin(request)
     grant_id = _uuid_param(request, "grant_id")
-    return json_model(await service.revoke_grant(request.app[DB_POOL], grant_id))
+    changed = json_model(await service.revoke_grant(request.app[DB_POOL], grant_id))
+    _directory_changed(request)
+    return changed
 
 
 async def admin_create_staff_user(request: web.Request) -> web.Response:

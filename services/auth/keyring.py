@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.auth import crypto, store
 from shared.errors import ServiceUnavailable
-from shared.tokens import ACCESS_TOKEN_TYP
+from shared.tokens import ACCESS_TOKEN_TYP, is_access_token_type
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class KeyRing:
         self._loaded_at = float("-inf")
         self._private: dict[str, Ed25519PrivateKey] = {}
         self._public: dict[str, jwt.PyJWK] = {}
+        self._headers: dict[str, bytes] = {}
         self._lock = asyncio.Lock()
 
     def invalidate(self) -> None:
@@ -83,12 +84,14 @@ class KeyRing:
                 crypto.load_private_key, key.private_pem, self._passphrase
             )
             self._private[key.kid] = private
-        return jwt.encode(
-            claims,
-            private,
-            algorithm=key.algorithm,
-            headers={"kid": key.kid, "typ": ACCESS_TOKEN_TYP},
-        )
+        return crypto.compact_jws(self._header_segment(key), claims, private)
+
+    def _header_segment(self, key: KeyView) -> bytes:
+        segment = self._headers.get(key.kid)
+        if segment is None:
+            header = {"alg": key.algorithm, "kid": key.kid, "typ": ACCESS_TOKEN_TYP}
+            segment = self._headers[key.kid] = crypto.b64url_json(header)
+        return segment
 
     async def decode(self, token: str, *, audience: str, issuer: str) -> dict[str, Any] | None:
         """Claims of a token this server signed and that has not expired; None otherwise."""
@@ -98,7 +101,7 @@ class KeyRing:
             return None
         kid = header.get("kid")
         view = next((k for k in await self.keys() if k.kid == kid), None)
-        if view is None or header.get("typ") != ACCESS_TOKEN_TYP:
+        if view is None or not is_access_token_type(header.get("typ")):
             return None
         public = self._public.get(view.kid)
         if public is None:

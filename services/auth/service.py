@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from services.auth import crypto, store
+from services.auth.cache import TtlCache, grant_key, record
 from services.auth.keyring import KeyRing
 from services.auth.schemas import (
     ApplicationCreate,
@@ -52,6 +55,7 @@ class AuthContext:
     keyring: KeyRing
     failures: TokenBuckets
     app_limits: TokenBuckets
+    cache: TtlCache
 
 
 # --- directory --------------------------------------------------------------------------------
@@ -79,24 +83,38 @@ async def get_clinic_for(
     """One clinic, if the calling application holds a grant for it."""
     async with pool.acquire() as conn:
         grant = await store.clinic_grant(conn, principal.application_id, clinic_id)
-        if grant is None or not grant["scopes"]:
+        same_environment = grant is not None and grant["sandbox"] == (
+            principal.environment == "sandbox"
+        )
+        if grant is None or not grant["scopes"] or not same_environment:
             raise NotFound("No such clinic among the clinics granted to this application")
         row = await store.get_clinic(conn, clinic_id)
     assert row is not None
     return ClinicRead.model_validate(dict(row))
 
 
+def _cursor_id(cursor: str | None) -> uuid.UUID | None:
+    """The id a page cursor holds; a 422 on the cursor if it holds something else."""
+    key = decode_cursor(cursor, 1)
+    if key is None:
+        return None
+    try:
+        return uuid.UUID(key[0])
+    except ValueError:
+        raise ValidationProblem(
+            [FieldError("query.cursor", "Unknown or malformed cursor")]
+        ) from None
+
+
 async def list_clinics_for(
     pool: asyncpg.Pool, principal: Principal, query: PageQuery
 ) -> ClinicPage:
     """The clinics the calling application holds grants for, by id, cursor-paginated."""
-    key = decode_cursor(query.cursor, 1)
-    after = uuid.UUID(key[0]) if key else None
     async with pool.acquire() as conn:
         rows = await store.list_granted_clinics(
             conn,
             principal.application_id,
-            after=after,
+            after=_cursor_id(query.cursor),
             updated_since=query.updated_since,
             limit=query.limit + 1,
         )
@@ -203,10 +221,14 @@ async def rotate_application_secret(
 ) -> ApplicationCredentials:
     """A new secret; the old one keeps working for the grace period."""
     secret = crypto.new_client_secret()
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
         row = await store.rotate_secret(conn, app_id, crypto.hash_secret(secret), grace_seconds)
-    if row is None:
-        raise NotFound("No such application")
+        if row is None:
+            raise NotFound("No such application")
+        # Tells every auth process to drop its cached copy of the old credentials.
+        await emit(
+            conn, events.APPLICATION_UPDATED, _app_event(row), aggregate=f"application:{app_id}"
+        )
     return ApplicationCredentials(**dict(row), client_secret=secret)
 
 
@@ -306,10 +328,9 @@ async def revoke_grant(pool: asyncpg.Pool, grant_id: uuid.UUID) -> GrantRead:
 
 async def list_grants(pool: asyncpg.Pool, app_id: uuid.UUID, query: PageQuery) -> GrantPage:
     """An application's grants, active and revoked."""
-    key = decode_cursor(query.cursor, 1)
     async with pool.acquire() as conn:
         rows = await store.list_grants(
-            conn, app_id, after=uuid.UUID(key[0]) if key else None, limit=query.limit + 1
+            conn, app_id, after=_cursor_id(query.cursor), limit=query.limit + 1
         )
     items = [GrantRead.model_validate(dict(r)) for r in rows[: query.limit]]
     return GrantPage(
@@ -388,8 +409,25 @@ def _invalid_client(detail: str = "Client authentication failed") -> OAuthError:
 
 async def authenticate_client(
     conn: asyncpg.Connection, ctx: AuthContext, client_id: str, secret: str
-) -> asyncpg.Record:
+) -> Mapping[str, Any]:
     """The application whose id and secret these are; slowed down after repeated failures."""
+    _check_not_throttled(ctx, client_id)
+    row = await store.client_credentials(conn, client_id)
+    return _verify_secret(ctx, client_id, secret, row)
+
+
+def _verify_secret(
+    ctx: AuthContext, client_id: str, secret: str, row: Mapping[str, Any] | None
+) -> Mapping[str, Any]:
+    hashes = (row["secret_hash"], row["previous_secret_hash"]) if row is not None else (None,)
+    if row is None or not crypto.secret_matches(secret, *hashes):
+        limits = ctx.settings
+        ctx.failures.take(client_id, rate=limits.auth_failure_rate, burst=limits.auth_failure_burst)
+        raise _invalid_client()
+    return row
+
+
+def _check_not_throttled(ctx: AuthContext, client_id: str) -> None:
     limits = ctx.settings
     if (
         ctx.failures.peek(client_id, rate=limits.auth_failure_rate, burst=limits.auth_failure_burst)
@@ -399,15 +437,9 @@ async def authenticate_client(
             "Too many failed authentications for this client; slow down",
             retry_after=1 / limits.auth_failure_rate,
         )
-    row = await store.client_credentials(conn, client_id)
-    hashes = (row["secret_hash"], row["previous_secret_hash"]) if row is not None else (None,)
-    if row is None or not crypto.secret_matches(secret, *hashes):
-        ctx.failures.take(client_id, rate=limits.auth_failure_rate, burst=limits.auth_failure_burst)
-        raise _invalid_client()
-    return row
 
 
-def _check_tier_limit(ctx: AuthContext, app: asyncpg.Record) -> None:
+def _check_tier_limit(ctx: AuthContext, app: Mapping[str, Any]) -> None:
     tier = int(app["tier"])
     wait = ctx.app_limits.take(
         app["client_id"], rate=ctx.settings.tier_rates[tier], burst=ctx.settings.tier_bursts[tier]
@@ -416,7 +448,7 @@ def _check_tier_limit(ctx: AuthContext, app: asyncpg.Record) -> None:
         raise RateLimited("Token requests exceed this application's tier", retry_after=wait)
 
 
-def _check_may_get_tokens(app: asyncpg.Record) -> None:
+def _check_may_get_tokens(app: Mapping[str, Any]) -> None:
     if app["status"] != "approved":
         raise OAuthError("unauthorized_client", f"The application is {app['status']}, not approved")
     if app["environment"] == "production" and app["clinic_owned"] and not app["dpa_signed"]:
@@ -444,24 +476,33 @@ def _requested_scopes(raw: str | None) -> set[str] | None:
     return requested
 
 
-async def _granted_scopes(
-    conn: asyncpg.Connection,
-    app: asyncpg.Record,
+def _granted_scopes(
+    app: Mapping[str, Any],
+    grant: Mapping[str, Any] | None,
     clinic_id: uuid.UUID | None,
     requested: set[str] | None,
 ) -> tuple[set[str], uuid.UUID | None]:
-    """Scopes to put in the token (and the clinic's group), or an RFC 6749 refusal."""
+    """Scopes to put in the token (and the clinic's group), or an RFC 6749 refusal.
+
+    ``grant`` is the application's standing on ``clinic_id`` (``store.clinic_grant``).
+    """
     if clinic_id is None:
         available = set(scopes.APPLICATION_SCOPES)
         group_id = None
     else:
-        grant = await store.clinic_grant(conn, app["id"], clinic_id)
         if grant is None or not grant["scopes"]:
             raise OAuthError("invalid_grant", "The application holds no grant for this clinic")
+        # A group grant may cover clinics of the other environment: never act for those.
+        if grant["sandbox"] != (app["environment"] == "sandbox"):
+            raise OAuthError(
+                "invalid_grant",
+                "Sandbox applications act only for sandbox clinics, and "
+                "production applications only for real ones",
+            )
         available = set(grant["scopes"]) | scopes.APPLICATION_SCOPES
         group_id = grant["group_id"]
     if requested is None:
-        chosen = set(grant["scopes"]) if clinic_id is not None else available
+        chosen = set(grant["scopes"]) if grant is not None else available
     else:
         beyond = requested - available
         if beyond:
@@ -474,7 +515,7 @@ async def _granted_scopes(
 
 async def _mint(
     ctx: AuthContext,
-    app: asyncpg.Record,
+    app: Mapping[str, Any],
     chosen: set[str],
     clinic_id: uuid.UUID | None,
     group_id: uuid.UUID | None,
@@ -491,7 +532,8 @@ async def _mint(
         "iat": now,
         "nbf": now,
         "exp": now + ttl,
-        "jti": uuid.uuid4().hex,
+        # Unique, not secret: a token is revoked by presenting it whole, never by its jti.
+        "jti": f"{random.getrandbits(128):032x}",
         "client_id": app["client_id"],
         "app_id": str(app["id"]),
         "scope": scope,
@@ -519,11 +561,26 @@ async def issue_client_token(
     """RFC 6749 §4.4: an access token for the application, optionally acting for one clinic."""
     requested = _requested_scopes(scope)
     clinic = _parse_clinic_id(clinic_id)
-    async with pool.acquire() as conn:
-        app = await authenticate_client(conn, ctx, client_id, client_secret)
-        _check_may_get_tokens(app)
-        _check_tier_limit(ctx, app)
-        chosen, group_id = await _granted_scopes(conn, app, clinic, requested)
+    _check_not_throttled(ctx, client_id)
+
+    # The hot path: both reads come from the event-invalidated cache (see cache.py).
+    async def load_app() -> dict[str, Any] | None:
+        async with pool.acquire() as conn:
+            return record(await store.client_credentials(conn, client_id))
+
+    app = _verify_secret(ctx, client_id, client_secret, await ctx.cache.get(client_id, load_app))
+    _check_may_get_tokens(app)
+    _check_tier_limit(ctx, app)
+    grant = None
+    if clinic is not None:
+        app_id, clinic_key = app["id"], clinic
+
+        async def load_grant() -> dict[str, Any] | None:
+            async with pool.acquire() as conn:
+                return record(await store.clinic_grant(conn, app_id, clinic_key))
+
+        grant = await ctx.cache.get(grant_key(app_id, clinic_key), load_grant)
+    chosen, group_id = _granted_scopes(app, grant, clinic, requested)
     return await _mint(ctx, app, chosen, clinic, group_id)
 
 
@@ -539,6 +596,9 @@ async def issue_user_token(
 ) -> TokenResponse:
     """RFC 6749 §4.3: a token carrying both the application and a clinic staff member."""
     requested = _requested_scopes(scope)
+    # Password guessing is slowed per username, whichever application it comes through.
+    user_key = "user:" + username.casefold()
+    _check_not_throttled(ctx, user_key)
     async with pool.acquire() as conn:
         app = await authenticate_client(conn, ctx, client_id, client_secret)
         _check_may_get_tokens(app)
@@ -548,14 +608,17 @@ async def issue_user_token(
         crypto.verify_password, password, user["password_hash"] if user else None
     )
     if user is None or not ok or not user["active"]:
+        limits = ctx.settings
+        ctx.failures.take(user_key, rate=limits.auth_failure_rate, burst=limits.auth_failure_burst)
         raise OAuthError("invalid_grant", "Unknown user or wrong password")
     async with pool.acquire() as conn:
-        chosen, group_id = await _granted_scopes(conn, app, user["clinic_id"], requested)
+        grant = await store.clinic_grant(conn, app["id"], user["clinic_id"])
+    chosen, group_id = _granted_scopes(app, grant, user["clinic_id"], requested)
     return await _mint(ctx, app, chosen, user["clinic_id"], group_id, user_id=user["id"])
 
 
 async def _own_token_claims(
-    conn: asyncpg.Connection, ctx: AuthContext, app: asyncpg.Record, token: str
+    conn: asyncpg.Connection, ctx: AuthContext, app: Mapping[str, Any], token: str
 ) -> dict[str, Any] | None:
     claims = await ctx.keyring.decode(
         token, audience=ctx.settings.token_audience, issuer=ctx.settings.issuer

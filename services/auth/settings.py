@@ -17,6 +17,9 @@ class AuthSettings(ServiceSettings):
     key_publish_delay_seconds: float = 60.0
     # How long an auth process trusts its in-memory copy of the key table.
     key_cache_seconds: float = 5.0
+    # How long an auth process reuses an application's credentials and grants between reads;
+    # events clear it at once, and resource services' revocation margin covers the rest.
+    credential_cache_seconds: float = Field(default=1.0, ge=0, le=5)
     secret_rotation_grace_seconds: int = 24 * 3600
     # Failed client authentications allowed per client id before answers slow down.
     auth_failure_burst: int = 10

@@ -60,11 +60,15 @@ async def list_granted_clinics(
     updated_since: datetime | None,
     limit: int,
 ) -> list[Record]:
-    """Clinics the application holds an active grant for, directly or through their group."""
+    """Clinics the application holds an active grant for, directly or through their group.
+
+    A group grant never reaches clinics of the other environment (sandbox vs. real).
+    """
     return await conn.fetch(
         f"""
         SELECT {_CLINIC_COLUMNS} FROM clinics c
-        WHERE EXISTS (
+        WHERE c.sandbox = (SELECT a.environment = 'sandbox' FROM applications a WHERE a.id = $1)
+          AND EXISTS (
             SELECT 1 FROM grants g
             WHERE g.application_id = $1 AND g.revoked_at IS NULL
               AND (g.clinic_id = c.id OR g.group_id = c.group_id)

@@ -1,0 +1,96 @@
+"""Bench plumbing: a throw-away database, server subprocesses, free ports, the result table."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import asyncpg
+
+from bench.load import LoadResult
+from services.cli import migrate
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def bench_database() -> AsyncIterator[str]:
+    """A migrated database of its own, dropped afterwards."""
+    server = os.environ.get(
+        "VETGATE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    name = f"vetgate_bench_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(server)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = server.rsplit("/", 1)[0] + "/" + name
+    try:
+        await migrate(dsn, quiet=True)
+        yield dsn
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@contextlib.contextmanager
+def server_process(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(url) as response:
+                    if response.status < 500:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not come up")
+            await asyncio.sleep(0.2)
+
+
+def table(title: str, rows: list[LoadResult], ratio_of: tuple[str, str] | None = None) -> str:
+    out = [title, ""]
+    out.append(f"| {'case':<38} | {'req/s':>9} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} |")
+    out.append(f"|{'-' * 40}|{'-' * 11}|{'-' * 9}|{'-' * 9}|{'-' * 8}|")
+    for r in rows:
+        out.append(
+            f"| {r.name:<38} | {r.requests_per_second:>9.0f} | {r.p50_ms:>7.2f} | "
+            f"{r.p99_ms:>7.2f} | {r.errors:>6} |"
+        )
+    if ratio_of:
+        by_name = {r.name: r for r in rows}
+        a, b = by_name[ratio_of[0]], by_name[ratio_of[1]]
+        out.append("")
+        out.append(
+            f"ratio {a.name} / {b.name}: "
+            f"{a.requests_per_second / b.requests_per_second:.2f}  (load generator: {a.generator})"
+        )
+    return "\n".join(out)
