@@ -61,8 +61,8 @@ def server_process(args: list[str], env: dict[str, str]) -> Iterator[subprocess.
             proc.kill()
 
 
-async def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_http(url: str, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
     async with aiohttp.ClientSession() as session:
         while True:
             try:

@@ -52,11 +52,6 @@ def _wrk(
 ) -> LoadResult:
     lines = ['wrk.method = "POST"', f"wrk.body = {_lua(body)}"]
     lines += [f"wrk.headers[{_lua(k)}] = {_lua(v)}" for k, v in headers.items()]
-    # Count non-2xx answers: wrk only reports them, it does not fail on them.
-    lines += [
-        "errors = 0",
-        "response = function(status, headers, body) if status >= 300 then errors = errors + 1 end end",
-    ]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write("\n".join(lines) + "\n")
     try:

@@ -60,7 +60,13 @@ class Broker:
 
     def is_ready(self) -> bool:
         conn = self._connection
-        return self._connected.is_set() and conn is not None and not conn.is_closed
+        # ``connected`` is cleared while aio-pika is reconnecting, ``is_closed`` only at the end.
+        return (
+            self._connected.is_set()
+            and conn is not None
+            and not conn.is_closed
+            and conn.connected.is_set()
+        )
 
     async def wait_ready(self, seconds: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -111,7 +117,7 @@ class Broker:
                 self._exchange.publish(message, routing_key=routing_key, mandatory=False),
                 self._publish_timeout,
             )
-        except (TimeoutError, OSError, aio_pika.exceptions.AMQPError, RuntimeError) as exc:
+        except Exception as exc:
             # A lost connection fails in-flight publishes with AMQPError, RuntimeError or even a
             # bare Exception (aiormq); whatever it is, the message was not confirmed.
             raise BrokerUnavailable(type(exc).__name__) from exc

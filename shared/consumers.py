@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -13,6 +14,16 @@ from shared.broker import MessageHandler
 from shared.events import Event
 
 log = logging.getLogger("vetgate.consumer")
+
+UNAVAILABLE_BACKOFF_SECONDS = 2.0
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
 
 EventHandler = Callable[[Event, asyncpg.Connection], Awaitable[None]]
 
@@ -47,6 +58,15 @@ def idempotent_handler(pool: asyncpg.Pool, consumer: str, handle: EventHandler) 
                 )
                 if first:
                     await handle(event, conn)
+        except _UNAVAILABLE as exc:
+            # The database, not the message, is at fault: hold the message a moment so that an
+            # outage does not use up its delivery limit within milliseconds.
+            log.warning(
+                "database unavailable for %s %s: %s", event.type, event.id, type(exc).__name__
+            )
+            await asyncio.sleep(UNAVAILABLE_BACKOFF_SECONDS)
+            await message.nack(requeue=True)
+            return
         except Exception:  # the consumer boundary: log, requeue, let the delivery limit decide
             log.exception("handling %s %s failed", event.type, event.id)
             await message.nack(requeue=True)

@@ -121,7 +121,13 @@ class OutboxRelay:
                     while await self.publish_pending() == self._batch:
                         pass
                     backoff = self._poll_seconds
-                except (BrokerUnavailable, OSError, asyncpg.PostgresError) as exc:
+                except (
+                    BrokerUnavailable,
+                    OSError,
+                    TimeoutError,
+                    asyncpg.PostgresError,
+                    asyncpg.InterfaceError,
+                ) as exc:
                     log.warning("outbox relay paused: %s", exc.__class__.__name__)
                     backoff = min(backoff * 2, 15.0)
                 with contextlib.suppress(TimeoutError):

@@ -44,7 +44,7 @@ def decode_cursor(cursor: str | None, arity: int) -> list[str] | None:
         ):
             raise ValueError("bad cursor")
         return key
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested JSON from a client
         raise ValidationProblem(
             [FieldError("query.cursor", "Unknown or malformed cursor")]
         ) from None

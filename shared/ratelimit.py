@@ -52,5 +52,5 @@ class TokenBuckets:
             del self._buckets[key]
         if len(self._buckets) >= self._max_keys:
             oldest = sorted(self._buckets, key=lambda k: self._buckets[k].updated)
-            for key in oldest[: len(oldest) // 2]:
+            for key in oldest[: max(1, len(oldest) // 2)]:
                 del self._buckets[key]

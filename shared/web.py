@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import time
-import random
 from collections.abc import Mapping
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl

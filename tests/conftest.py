@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote_plus
 
+import aio_pika
 import aiohttp
 import asyncpg
 import pytest
@@ -73,6 +74,17 @@ def service_overrides(database_url: str, amqp_url: str) -> dict[str, Any]:
         "db_pool_max": 8,
         "log_level": "WARNING",
     }
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _remove_run_exchanges(amqp_url: str) -> AsyncIterator[None]:
+    """The run's exchanges go when the run ends, so test runs leave the broker as it was."""
+    yield
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for name in (f"vetgate.test.{RUN_ID}", f"vetgate.test.{RUN_ID}.dlx"):
+            await channel.exchange_delete(name)
 
 
 @pytest.fixture(scope="session")

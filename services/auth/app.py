@@ -2,9 +2,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from aiohttp import web
-
 from aio_pika.abc import AbstractIncomingMessage
+from aiohttp import web
 
 from services.auth import service
 from services.auth.cache import TtlCache

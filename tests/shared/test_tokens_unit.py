@@ -259,6 +259,7 @@ def principal(
         group_id=group_id,
         user_id=None,
         tier=1,
+        environment="sandbox",
         jti=jti or uuid.uuid4().hex,
         issued_at=issued_at,
         expires_at=issued_at + 900,
