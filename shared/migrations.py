@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
+from shared.db import Connection
 
 SHARED_DIR = Path(__file__).parent / "migrations"
 _LOCK_KEY = 0x7665_7467  # "vetg": one lock for all schemas keeps cross-schema DDL serial
@@ -39,7 +39,7 @@ def migrations_for(service_dir: Path) -> list[Migration]:
     return load(SHARED_DIR, "shared/") + load(service_dir / "migrations")
 
 
-async def apply(conn: asyncpg.Connection, schema: str, migrations: list[Migration]) -> list[str]:
+async def apply(conn: Connection, schema: str, migrations: list[Migration]) -> list[str]:
     """Apply what is not yet recorded; return the names applied now. Idempotent and race-safe."""
     applied_now: list[str] = []
     async with conn.transaction():

@@ -19,6 +19,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from shared.broker import Broker, BrokerUnavailable
+from shared.db import Connection
 from shared.events import Event, utcnow
 from shared.keys import BROKER, DB_POOL, SETTINGS
 
@@ -27,7 +28,7 @@ log = logging.getLogger("vetgate.outbox")
 NOTIFY_CHANNEL = "vetgate_outbox"
 
 
-async def next_sequence(conn: asyncpg.Connection, aggregate: str) -> int:
+async def next_sequence(conn: Connection, aggregate: str) -> int:
     """Allocate the next per-aggregate sequence number; rolled back with the transaction."""
     value: int = await conn.fetchval(
         """
@@ -41,7 +42,7 @@ async def next_sequence(conn: asyncpg.Connection, aggregate: str) -> int:
 
 
 async def emit(
-    conn: asyncpg.Connection,
+    conn: Connection,
     event_type: str,
     data: BaseModel | dict[str, Any],
     *,

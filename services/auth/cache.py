@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+
+from shared.db import Row
 
 Loaded = TypeVar("Loaded")
 
@@ -49,7 +51,7 @@ class TtlCache:
         self._entries.clear()
 
 
-def record(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def record(row: Row | None) -> dict[str, Any] | None:
     """A plain dict copy of a row, safe to keep beyond its connection."""
     return dict(row.items()) if row is not None else None
 

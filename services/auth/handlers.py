@@ -25,7 +25,7 @@ from services.auth.schemas import (
 from shared.errors import FieldError, OAuthError, Unauthorized, ValidationProblem
 from shared.keys import DB_POOL
 from shared.pagination import PageQuery
-from shared.scopes import CLINICS_READ
+from shared.scopes import ALL_SCOPES, CLINICS_READ
 from shared.tokens import PRINCIPAL, requires
 from shared.web import json_model, parse_body, parse_query, read_form
 
@@ -203,7 +203,7 @@ async def server_metadata(request: web.Request) -> web.Response:
                 "client_secret_post",
             ],
             "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
-            "scopes_supported": sorted(service.scopes.ALL_SCOPES),
+            "scopes_supported": sorted(ALL_SCOPES),
             "response_types_supported": [],
             "service_documentation": f"{issuer}/docs",
         }

@@ -6,7 +6,6 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,7 +37,7 @@ from services.auth.schemas import (
 )
 from services.auth.settings import AuthSettings
 from shared import events, scopes
-from shared.db import constraint_problem
+from shared.db import Connection, Row, constraint_problem
 from shared.errors import Conflict, FieldError, NotFound, OAuthError, RateLimited, ValidationProblem
 from shared.events import ApplicationChanged, GrantChanged, TokenRevoked
 from shared.outbox import emit
@@ -408,17 +407,15 @@ def _invalid_client(detail: str = "Client authentication failed") -> OAuthError:
 
 
 async def authenticate_client(
-    conn: asyncpg.Connection, ctx: AuthContext, client_id: str, secret: str
-) -> Mapping[str, Any]:
+    conn: Connection, ctx: AuthContext, client_id: str, secret: str
+) -> Row:
     """The application whose id and secret these are; slowed down after repeated failures."""
     _check_not_throttled(ctx, client_id)
     row = await store.client_credentials(conn, client_id)
     return _verify_secret(ctx, client_id, secret, row)
 
 
-def _verify_secret(
-    ctx: AuthContext, client_id: str, secret: str, row: Mapping[str, Any] | None
-) -> Mapping[str, Any]:
+def _verify_secret(ctx: AuthContext, client_id: str, secret: str, row: Row | None) -> Row:
     hashes = (row["secret_hash"], row["previous_secret_hash"]) if row is not None else (None,)
     if row is None or not crypto.secret_matches(secret, *hashes):
         limits = ctx.settings
@@ -439,7 +436,7 @@ def _check_not_throttled(ctx: AuthContext, client_id: str) -> None:
         )
 
 
-def _check_tier_limit(ctx: AuthContext, app: Mapping[str, Any]) -> None:
+def _check_tier_limit(ctx: AuthContext, app: Row) -> None:
     tier = int(app["tier"])
     wait = ctx.app_limits.take(
         app["client_id"], rate=ctx.settings.tier_rates[tier], burst=ctx.settings.tier_bursts[tier]
@@ -448,7 +445,7 @@ def _check_tier_limit(ctx: AuthContext, app: Mapping[str, Any]) -> None:
         raise RateLimited("Token requests exceed this application's tier", retry_after=wait)
 
 
-def _check_may_get_tokens(app: Mapping[str, Any]) -> None:
+def _check_may_get_tokens(app: Row) -> None:
     if app["status"] != "approved":
         raise OAuthError("unauthorized_client", f"The application is {app['status']}, not approved")
     if app["environment"] == "production" and app["clinic_owned"] and not app["dpa_signed"]:
@@ -477,8 +474,8 @@ def _requested_scopes(raw: str | None) -> set[str] | None:
 
 
 def _granted_scopes(
-    app: Mapping[str, Any],
-    grant: Mapping[str, Any] | None,
+    app: Row,
+    grant: Row | None,
     clinic_id: uuid.UUID | None,
     requested: set[str] | None,
 ) -> tuple[set[str], uuid.UUID | None]:
@@ -515,7 +512,7 @@ def _granted_scopes(
 
 async def _mint(
     ctx: AuthContext,
-    app: Mapping[str, Any],
+    app: Row,
     chosen: set[str],
     clinic_id: uuid.UUID | None,
     group_id: uuid.UUID | None,
@@ -618,7 +615,7 @@ async def issue_user_token(
 
 
 async def _own_token_claims(
-    conn: asyncpg.Connection, ctx: AuthContext, app: Mapping[str, Any], token: str
+    conn: Connection, ctx: AuthContext, app: Row, token: str
 ) -> dict[str, Any] | None:
     claims = await ctx.keyring.decode(
         token, audience=ctx.settings.token_audience, issuer=ctx.settings.issuer

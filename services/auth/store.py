@@ -6,9 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-
-Record = asyncpg.Record
+from shared.db import Connection, Record, fetch_one
 
 _APP_COLUMNS = """
     id, partner_id, name, client_id, environment, tier, status, contact_email::text,
@@ -21,20 +19,22 @@ _GRANT_COLUMNS = "id, application_id, clinic_id, group_id, scopes, created_at, r
 # --- directory --------------------------------------------------------------------------------
 
 
-async def insert_group(conn: asyncpg.Connection, group_id: uuid.UUID, name: str) -> Record:
-    return await conn.fetchrow(
+async def insert_group(conn: Connection, group_id: uuid.UUID, name: str) -> Record:
+    return await fetch_one(
+        conn,
         "INSERT INTO groups (id, name) VALUES ($1, $2) RETURNING id, name, created_at",
         group_id,
         name,
     )
 
 
-async def group_exists(conn: asyncpg.Connection, group_id: uuid.UUID) -> bool:
+async def group_exists(conn: Connection, group_id: uuid.UUID) -> bool:
     return bool(await conn.fetchval("SELECT true FROM groups WHERE id = $1", group_id))
 
 
-async def insert_clinic(conn: asyncpg.Connection, clinic_id: uuid.UUID, **values: Any) -> Record:
-    return await conn.fetchrow(
+async def insert_clinic(conn: Connection, clinic_id: uuid.UUID, **values: Any) -> Record:
+    return await fetch_one(
+        conn,
         f"""
         INSERT INTO clinics (id, group_id, name, time_zone, country, sandbox)
         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_CLINIC_COLUMNS}
@@ -48,12 +48,12 @@ async def insert_clinic(conn: asyncpg.Connection, clinic_id: uuid.UUID, **values
     )
 
 
-async def get_clinic(conn: asyncpg.Connection, clinic_id: uuid.UUID) -> Record | None:
+async def get_clinic(conn: Connection, clinic_id: uuid.UUID) -> Record | None:
     return await conn.fetchrow(f"SELECT {_CLINIC_COLUMNS} FROM clinics WHERE id = $1", clinic_id)
 
 
 async def list_granted_clinics(
-    conn: asyncpg.Connection,
+    conn: Connection,
     application_id: uuid.UUID,
     *,
     after: uuid.UUID | None,
@@ -85,9 +85,10 @@ async def list_granted_clinics(
 
 
 async def insert_partner(
-    conn: asyncpg.Connection, partner_id: uuid.UUID, name: str, contact_email: str
+    conn: Connection, partner_id: uuid.UUID, name: str, contact_email: str
 ) -> Record:
-    return await conn.fetchrow(
+    return await fetch_one(
+        conn,
         "INSERT INTO partners (id, name, contact_email) VALUES ($1, $2, $3) "
         "RETURNING id, name, contact_email::text, created_at",
         partner_id,
@@ -96,7 +97,7 @@ async def insert_partner(
     )
 
 
-async def partner_exists(conn: asyncpg.Connection, partner_id: uuid.UUID) -> bool:
+async def partner_exists(conn: Connection, partner_id: uuid.UUID) -> bool:
     return bool(await conn.fetchval("SELECT true FROM partners WHERE id = $1", partner_id))
 
 
@@ -104,9 +105,10 @@ async def partner_exists(conn: asyncpg.Connection, partner_id: uuid.UUID) -> boo
 
 
 async def insert_application(
-    conn: asyncpg.Connection, app_id: uuid.UUID, *, secret_hash: bytes, **values: Any
+    conn: Connection, app_id: uuid.UUID, *, secret_hash: bytes, **values: Any
 ) -> Record:
-    return await conn.fetchrow(
+    return await fetch_one(
+        conn,
         f"""
         INSERT INTO applications (id, partner_id, name, client_id, secret_hash, environment, tier,
                                   contact_email, clinic_owned, dpa_signed)
@@ -127,7 +129,7 @@ async def insert_application(
 
 
 async def get_application(
-    conn: asyncpg.Connection, app_id: uuid.UUID, *, for_update: bool = False
+    conn: Connection, app_id: uuid.UUID, *, for_update: bool = False
 ) -> Record | None:
     lock = " FOR UPDATE" if for_update else ""
     return await conn.fetchrow(
@@ -135,7 +137,7 @@ async def get_application(
     )
 
 
-async def client_credentials(conn: asyncpg.Connection, client_id: str) -> Record | None:
+async def client_credentials(conn: Connection, client_id: str) -> Record | None:
     """What client authentication needs: the application and its secret hashes."""
     return await conn.fetchrow(
         f"""
@@ -149,7 +151,7 @@ async def client_credentials(conn: asyncpg.Connection, client_id: str) -> Record
 
 
 async def update_application(
-    conn: asyncpg.Connection, app_id: uuid.UUID, changes: dict[str, Any]
+    conn: Connection, app_id: uuid.UUID, changes: dict[str, Any]
 ) -> Record | None:
     allowed = {"name", "contact_email", "tier", "dpa_signed", "status"}
     columns = [c for c in changes if c in allowed]
@@ -165,7 +167,7 @@ async def update_application(
 
 
 async def rotate_secret(
-    conn: asyncpg.Connection, app_id: uuid.UUID, new_hash: bytes, grace_seconds: int
+    conn: Connection, app_id: uuid.UUID, new_hash: bytes, grace_seconds: int
 ) -> Record | None:
     return await conn.fetchrow(
         f"""
@@ -186,14 +188,15 @@ async def rotate_secret(
 
 
 async def insert_grant(
-    conn: asyncpg.Connection,
+    conn: Connection,
     grant_id: uuid.UUID,
     application_id: uuid.UUID,
     clinic_id: uuid.UUID | None,
     group_id: uuid.UUID | None,
     scopes: list[str],
 ) -> Record:
-    return await conn.fetchrow(
+    return await fetch_one(
+        conn,
         f"""
         INSERT INTO grants (id, application_id, clinic_id, group_id, scopes)
         VALUES ($1, $2, $3, $4, $5) RETURNING {_GRANT_COLUMNS}
@@ -206,7 +209,7 @@ async def insert_grant(
     )
 
 
-async def revoke_grant(conn: asyncpg.Connection, grant_id: uuid.UUID) -> Record | None:
+async def revoke_grant(conn: Connection, grant_id: uuid.UUID) -> Record | None:
     return await conn.fetchrow(
         f"UPDATE grants SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL "
         f"RETURNING {_GRANT_COLUMNS}",
@@ -214,12 +217,12 @@ async def revoke_grant(conn: asyncpg.Connection, grant_id: uuid.UUID) -> Record 
     )
 
 
-async def get_grant(conn: asyncpg.Connection, grant_id: uuid.UUID) -> Record | None:
+async def get_grant(conn: Connection, grant_id: uuid.UUID) -> Record | None:
     return await conn.fetchrow(f"SELECT {_GRANT_COLUMNS} FROM grants WHERE id = $1", grant_id)
 
 
 async def list_grants(
-    conn: asyncpg.Connection, application_id: uuid.UUID, *, after: uuid.UUID | None, limit: int
+    conn: Connection, application_id: uuid.UUID, *, after: uuid.UUID | None, limit: int
 ) -> list[Record]:
     return await conn.fetch(
         f"""
@@ -234,7 +237,7 @@ async def list_grants(
 
 
 async def clinic_grant(
-    conn: asyncpg.Connection, application_id: uuid.UUID, clinic_id: uuid.UUID
+    conn: Connection, application_id: uuid.UUID, clinic_id: uuid.UUID
 ) -> Record | None:
     """The union of the application's active scopes on a clinic (direct or via its group)."""
     return await conn.fetchrow(
@@ -255,14 +258,15 @@ async def clinic_grant(
 
 
 async def insert_signing_key(
-    conn: asyncpg.Connection,
+    conn: Connection,
     kid: str,
     algorithm: str,
     private_pem: bytes,
     public_jwk: dict[str, Any],
     activates_in: float,
 ) -> Record:
-    return await conn.fetchrow(
+    return await fetch_one(
+        conn,
         """
         INSERT INTO signing_keys (kid, algorithm, private_key_pem, public_jwk, activates_at)
         VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))
@@ -276,9 +280,7 @@ async def insert_signing_key(
     )
 
 
-async def retire_keys_except(
-    conn: asyncpg.Connection, kid: str, retire_after_activation: float
-) -> None:
+async def retire_keys_except(conn: Connection, kid: str, retire_after_activation: float) -> None:
     """Older keys stop being published once the last token they signed has expired."""
     await conn.execute(
         """
@@ -292,11 +294,11 @@ async def retire_keys_except(
     )
 
 
-async def lock_signing_keys(conn: asyncpg.Connection) -> None:
+async def lock_signing_keys(conn: Connection) -> None:
     await conn.execute("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE")
 
 
-async def live_signing_keys(conn: asyncpg.Connection) -> list[Record]:
+async def live_signing_keys(conn: Connection) -> list[Record]:
     """Every key still published, newest first."""
     return await conn.fetch(
         """
@@ -313,9 +315,10 @@ async def live_signing_keys(conn: asyncpg.Connection) -> list[Record]:
 
 
 async def insert_staff_user(
-    conn: asyncpg.Connection, user_id: uuid.UUID, clinic_id: uuid.UUID, **values: Any
+    conn: Connection, user_id: uuid.UUID, clinic_id: uuid.UUID, **values: Any
 ) -> Record:
-    return await conn.fetchrow(
+    return await fetch_one(
+        conn,
         """
         INSERT INTO staff_users (id, clinic_id, username, display_name, role, password_hash)
         VALUES ($1, $2, $3, $4, $5, $6)
@@ -330,7 +333,7 @@ async def insert_staff_user(
     )
 
 
-async def staff_user_by_username(conn: asyncpg.Connection, username: str) -> Record | None:
+async def staff_user_by_username(conn: Connection, username: str) -> Record | None:
     return await conn.fetchrow(
         "SELECT id, clinic_id, username::text, role, active, password_hash "
         "FROM staff_users WHERE username = $1",
@@ -342,7 +345,7 @@ async def staff_user_by_username(conn: asyncpg.Connection, username: str) -> Rec
 
 
 async def insert_revoked_token(
-    conn: asyncpg.Connection, jti: str, client_id: str, expires_at: datetime
+    conn: Connection, jti: str, client_id: str, expires_at: datetime
 ) -> bool:
     inserted = await conn.fetchval(
         "INSERT INTO revoked_tokens (jti, client_id, expires_at) VALUES ($1, $2, $3) "
@@ -354,11 +357,11 @@ async def insert_revoked_token(
     return bool(inserted)
 
 
-async def token_is_revoked(conn: asyncpg.Connection, jti: str) -> bool:
+async def token_is_revoked(conn: Connection, jti: str) -> bool:
     return bool(await conn.fetchval("SELECT true FROM revoked_tokens WHERE jti = $1", jti))
 
 
-async def purge_expired_revocations(conn: asyncpg.Connection) -> int:
+async def purge_expired_revocations(conn: Connection) -> int:
     result: str = await conn.execute("DELETE FROM revoked_tokens WHERE expires_at < now()")
     return int(result.split()[-1])
 
@@ -367,7 +370,7 @@ async def purge_expired_revocations(conn: asyncpg.Connection) -> int:
 
 
 async def upsert_sandbox(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     group_id: uuid.UUID,
     clinic_id: uuid.UUID,
