@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+from pydantic import ValidationError
 
 from services import registry, sandbox
 from services.auth import service as auth_service
@@ -28,6 +29,7 @@ from services.auth.settings import AuthSettings
 from shared import logs, migrations
 from shared.db import create_pool
 from shared.errors import ProblemError
+from shared.web import validation_problem
 
 DATA_DIR = Path(os.environ.get("VETGATE_DATA_DIR", ".data"))
 
@@ -50,7 +52,9 @@ async def ensure_database(dsn: str) -> None:
         admin = await asyncpg.connect(dsn.replace(f"/{name}", "/postgres", 1))
         try:
             await admin.execute(f'CREATE DATABASE "{name}"')
-        except asyncpg.DuplicateDatabaseError:
+        except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+            # Another process created it first; a concurrent CREATE DATABASE loses on the
+            # catalog's unique index rather than with DuplicateDatabaseError.
             pass
         finally:
             await admin.close()
@@ -174,12 +178,26 @@ Ctrl-C stops everything.""",
     await runner
 
 
+def _id(value: str) -> str:
+    """An argparse type: a malformed id is a usage error, not a traceback."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a valid id: {value!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vetgate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply all database migrations")
     run = sub.add_parser("run", help="run one service, or all of them behind the gateway")
     run.add_argument("service", choices=[*registry.SERVICE_NAMES, "all"])
+    run.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="with 'all': the gateway's port; the services take the next four",
+    )
     sub.add_parser("up", help="database, migrations, sandbox seed and every service (make run)")
     seed = sub.add_parser("seed-sandbox", help="create or refresh the sandbox tenant")
     seed.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -187,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("create-group", help="create a group of clinics")
     p.add_argument("--name", required=True)
     p = sub.add_parser("create-clinic", help="create a clinic")
-    p.add_argument("--group-id", required=True)
+    p.add_argument("--group-id", required=True, type=_id)
     p.add_argument("--name", required=True)
     p.add_argument("--time-zone", required=True)
     p.add_argument("--country", default="GB")
@@ -196,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True)
     p.add_argument("--email", required=True)
     p = sub.add_parser("create-application", help="create an application (prints its secret once)")
-    p.add_argument("--partner-id", required=True)
+    p.add_argument("--partner-id", required=True, type=_id)
     p.add_argument("--name", required=True)
     p.add_argument("--email", required=True)
     p.add_argument("--environment", choices=["sandbox", "production"], default="sandbox")
@@ -205,17 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dpa-signed", action="store_true")
     for verb in ("approve-application", "suspend-application", "rotate-secret"):
         p = sub.add_parser(verb, help=verb.replace("-", " "))
-        p.add_argument("application_id")
+        p.add_argument("application_id", type=_id)
     p = sub.add_parser("grant", help="authorize an application for a clinic or a group")
-    p.add_argument("--application-id", required=True)
+    p.add_argument("--application-id", required=True, type=_id)
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--clinic-id")
-    target.add_argument("--group-id")
+    target.add_argument("--clinic-id", type=_id)
+    target.add_argument("--group-id", type=_id)
     p.add_argument("--scopes", required=True, help="space-separated clinic scopes")
     p = sub.add_parser("revoke-grant", help="revoke a grant")
-    p.add_argument("grant_id")
+    p.add_argument("grant_id", type=_id)
     p = sub.add_parser("create-staff-user", help="create a clinic staff user")
-    p.add_argument("--clinic-id", required=True)
+    p.add_argument("--clinic-id", required=True, type=_id)
     p.add_argument("--username", required=True)
     p.add_argument("--display-name", required=True)
     p.add_argument("--role", default="staff", choices=["staff", "vet", "admin"])
@@ -312,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.service == "all":
             settings = AuthSettings()
             logs.configure("vetgate", settings.log_level)
-            asyncio.run(runner.run_all())
+            asyncio.run(runner.run_all(gateway_port=args.port))
         else:
             runner.serve(args.service)
         return
@@ -337,7 +355,8 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{key:16} {value}")
         else:
             _print(asyncio.run(_operator(args)))
-    except ProblemError as problem:
+    except (ProblemError, ValidationError) as exc:
+        problem = validation_problem(exc) if isinstance(exc, ValidationError) else exc
         _print(problem.to_problem())
         raise SystemExit(1) from None
     except (OSError, asyncpg.PostgresError) as exc:

@@ -16,7 +16,7 @@ SERVICES_DIR = Path(__file__).parent
 @dataclass(frozen=True)
 class ServiceSpec:
     name: str
-    settings: Callable[[], ServiceSettings]
+    settings: Callable[..., ServiceSettings]
     create_app: Callable[[ServiceSettings], web.Application]
     schema: str
 

@@ -31,18 +31,23 @@ async def start_site(app: web.Application, host: str, port: int) -> web.AppRunne
 
 
 async def run_all(*, gateway_port: int = 8000, ready: asyncio.Event | None = None) -> None:
-    """All four services and the gateway in one process, as a load balancer would see them."""
+    """All four services and the gateway in one process, as a load balancer would see them.
+
+    The gateway listens on ``gateway_port`` and the services on the four ports after it
+    (8000 → auth 8001, bookings 8002, registrations 8003, callbacks 8004).
+    """
     runners: list[web.AppRunner] = []
     upstreams: dict[str, str] = {}
+    host = os.environ.get("VETGATE_HOST", "127.0.0.1")
+    auth_url = f"http://{host}:{gateway_port + 1}"
     try:
-        for spec in registry.all_specs():
-            settings: ServiceSettings = spec.settings()
+        for offset, spec in enumerate(registry.all_specs(), start=1):
+            settings: ServiceSettings = spec.settings(port=gateway_port + offset, auth_url=auth_url)
             runners.append(
                 await start_site(spec.create_app(settings), settings.host, settings.port)
             )
             upstreams[spec.name] = f"http://{settings.host}:{settings.port}"
-        gateway_host = os.environ.get("VETGATE_GATEWAY_HOST", "127.0.0.1")
-        runners.append(await start_site(create_gateway(upstreams), gateway_host, gateway_port))
+        runners.append(await start_site(create_gateway(upstreams), host, gateway_port))
         if ready is not None:
             ready.set()
         stop = asyncio.Event()

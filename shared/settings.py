@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_PASSPHRASE = "vetgate-local-development-only"
 DEV_ADMIN_TOKEN = "vetgate-local-admin-token"
+DEV_INTERNAL_TOKEN = "vetgate-local-internal-token"
 
 
 class ServiceSettings(BaseSettings):
@@ -37,6 +38,8 @@ class ServiceSettings(BaseSettings):
     # Queue names get this prefix so that two deployments (or test runs) can share one broker.
     queue_prefix: str = "vetgate"
     admin_token: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
+    # Service-to-service calls (e.g. the revocation snapshot); never routed by the gateway.
+    internal_token: SecretStr = SecretStr(DEV_INTERNAL_TOKEN)
     issuer: str = "http://127.0.0.1:8000"
     token_audience: str = "vetgate-api"
     auth_url: str = "http://127.0.0.1:8001"
@@ -58,3 +61,5 @@ class ServiceSettings(BaseSettings):
             return
         if self.admin_token.get_secret_value() == DEV_ADMIN_TOKEN:
             raise RuntimeError("VETGATE_ADMIN_TOKEN must be set in production")
+        if self.internal_token.get_secret_value() == DEV_INTERNAL_TOKEN:
+            raise RuntimeError("VETGATE_INTERNAL_TOKEN must be set in production")

@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
+import asyncpg
 import jwt
 from aio_pika.abc import AbstractIncomingMessage
 from aiohttp import web
@@ -339,8 +340,18 @@ def jwks_fetcher(
     return fetch
 
 
-async def install_verifier(app: web.Application, verifier: TokenVerifier) -> None:
-    """Make ``verifier`` the app's, with rate buckets and a live revocation subscription."""
+RevocationSnapshot = Callable[[], Awaitable[list[Event]]]
+
+
+@contextlib.asynccontextmanager
+async def installed_verifier(
+    app: web.Application, verifier: TokenVerifier, snapshot: RevocationSnapshot
+) -> AsyncIterator[None]:
+    """Make ``verifier`` the app's, with rate buckets and revocations kept current.
+
+    The bus subscription comes first, then the snapshot of revocations still in force, so a
+    process that starts late misses nothing: a revocation is in one, the other, or both.
+    """
     app[VERIFIER] = verifier
     app[_BUCKETS] = TokenBuckets()
 
@@ -351,6 +362,51 @@ async def install_verifier(app: web.Application, verifier: TokenVerifier) -> Non
                 verifier.revocations.apply(event)
 
     await app[BROKER].subscribe_broadcast(REVOCATION_EVENTS, on_revocation)
+    loading = asyncio.create_task(_load_snapshot(verifier, snapshot), name="revocation-snapshot")
+    try:
+        yield
+    finally:
+        loading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loading
+
+
+async def _load_snapshot(verifier: TokenVerifier, snapshot: RevocationSnapshot) -> None:
+    delay = 0.5
+    while True:
+        try:
+            events = await snapshot()
+        except (
+            aiohttp.ClientError,
+            TimeoutError,
+            OSError,
+            ValueError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+        ) as exc:
+            log.warning("revocation snapshot unavailable (%s); retrying", type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            continue
+        for event in events:
+            verifier.revocations.apply(event)
+        return
+
+
+def revocation_fetcher(
+    session: aiohttp.ClientSession, settings: ServiceSettings
+) -> RevocationSnapshot:
+    """The auth service's list of revocations still in force, over internal HTTP."""
+    url = settings.auth_url.rstrip("/") + "/internal/v1/revocations"
+    headers = {"Authorization": f"Bearer {settings.internal_token.get_secret_value()}"}
+
+    async def fetch() -> list[Event]:
+        async with session.get(url, headers=headers) as response:
+            response.raise_for_status()
+            document = await response.json()
+        return [Event.model_validate(item) for item in document["events"]]
+
+    return fetch
 
 
 def build_verifier(settings: ServiceSettings, jwks: JwksCache) -> TokenVerifier:
@@ -373,5 +429,6 @@ async def verifier_ctx(app: web.Application) -> AsyncIterator[None]:
         ttl=settings.jwks_cache_seconds,
         min_refetch=settings.jwks_min_refetch_seconds,
     )
-    await install_verifier(app, build_verifier(settings, jwks))
-    yield
+    verifier = build_verifier(settings, jwks)
+    async with installed_verifier(app, verifier, revocation_fetcher(app[HTTP_CLIENT], settings)):
+        yield

@@ -13,10 +13,11 @@ from services.auth.routes import build_api
 from services.auth.settings import AuthSettings
 from shared.broker import broker_ctx
 from shared.db import pool_ctx
+from shared.events import Event
 from shared.keys import BROKER, DB_POOL
 from shared.outbox import relay_ctx
 from shared.ratelimit import TokenBuckets
-from shared.tokens import JwksCache, build_verifier, install_verifier
+from shared.tokens import JwksCache, build_verifier, installed_verifier
 from shared.web import base_app
 
 
@@ -47,8 +48,12 @@ async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
     verifier = build_verifier(
         settings, JwksCache(keyring.jwks, ttl=settings.key_cache_seconds, min_refetch=0.2)
     )
-    await install_verifier(app, verifier)
-    yield
+
+    async def snapshot() -> list[Event]:
+        return await service.revocations_in_force(pool, settings)
+
+    async with installed_verifier(app, verifier, snapshot):
+        yield
 
 
 def create_app(settings: AuthSettings) -> web.Application:

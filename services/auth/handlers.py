@@ -9,6 +9,7 @@ import uuid
 from urllib.parse import unquote
 
 from aiohttp import web
+from pydantic import SecretStr
 
 from services.auth import service
 from services.auth.keys import AUTH_CONTEXT, AUTH_SETTINGS
@@ -44,14 +45,18 @@ def _directory_changed(request: web.Request) -> None:
     request.app[AUTH_CONTEXT].cache.clear()
 
 
-def require_admin(request: web.Request) -> None:
-    """The operator's bootstrap credential, compared in constant time."""
+def _require_static_bearer(request: web.Request, expected: SecretStr, who: str) -> None:
+    """A configured bearer credential, compared in constant time."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    expected = request.app[AUTH_SETTINGS].admin_token.get_secret_value()
     if scheme.lower() != "bearer" or not hmac.compare_digest(
-        token.strip().encode(), expected.encode()
+        token.strip().encode(), expected.get_secret_value().encode()
     ):
-        raise Unauthorized("Operator credentials required", error="invalid_token")
+        raise Unauthorized(f"{who} credentials required", error="invalid_token")
+
+
+def require_admin(request: web.Request) -> None:
+    """The operator's bootstrap credential."""
+    _require_static_bearer(request, request.app[AUTH_SETTINGS].admin_token, "Operator")
 
 
 # --- OAuth ------------------------------------------------------------------------------------
@@ -207,6 +212,16 @@ async def server_metadata(request: web.Request) -> web.Response:
             "response_types_supported": [],
             "service_documentation": f"{issuer}/docs",
         }
+    )
+
+
+async def internal_revocations(request: web.Request) -> web.Response:
+    """Revocations still in force, for a resource service that has just started."""
+    _require_static_bearer(request, request.app[AUTH_SETTINGS].internal_token, "Internal")
+    snapshot = await service.revocations_in_force(request.app[DB_POOL], request.app[AUTH_SETTINGS])
+    return web.json_response(
+        {"events": [event.model_dump(mode="json") for event in snapshot]},
+        headers=NO_STORE,
     )
 
 

@@ -67,6 +67,15 @@ def build_api() -> Api:
         tags=oauth,
     )
 
+    api.add(
+        "GET",
+        "/internal/v1/revocations",
+        h.internal_revocations,
+        "Revocations still in force (service-to-service; not routed by the gateway)",
+        security="bearer",
+        tags=("internal",),
+    )
+
     directory = ("clinics",)
     api.add(
         "GET",

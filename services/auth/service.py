@@ -39,7 +39,7 @@ from services.auth.settings import AuthSettings
 from shared import events, scopes
 from shared.db import Connection, Row, constraint_problem
 from shared.errors import Conflict, FieldError, NotFound, OAuthError, RateLimited, ValidationProblem
-from shared.events import ApplicationChanged, GrantChanged, TokenRevoked
+from shared.events import ApplicationChanged, Event, GrantChanged, TokenRevoked
 from shared.outbox import emit
 from shared.pagination import PageQuery, decode_cursor, encode_cursor
 from shared.ratelimit import TokenBuckets
@@ -335,6 +335,35 @@ async def list_grants(pool: asyncpg.Pool, app_id: uuid.UUID, query: PageQuery) -
     return GrantPage(
         items=items, next_cursor=encode_cursor(items[-1].id) if len(rows) > query.limit else None
     )
+
+
+async def revocations_in_force(pool: asyncpg.Pool, settings: AuthSettings) -> list[Event]:
+    """Every revocation that can still refuse a live token, as the events that announced it."""
+    window = settings.access_token_ttl + settings.revocation_margin_seconds + 60
+    async with pool.acquire() as conn:
+        found = await store.revocations_in_force(conn, window)
+    snapshot = [
+        Event(
+            type=events.TOKEN_REVOKED,
+            data=TokenRevoked(
+                jti=r["jti"], client_id=r["client_id"], expires_at=r["expires_at"]
+            ).model_dump(mode="json"),
+        )
+        for r in found["tokens"]
+    ]
+    snapshot += [
+        Event(
+            type=events.GRANT_REVOKED,
+            clinic_id=r["clinic_id"],
+            data=_grant_event(r, r["client_id"], r["revoked_at"]).model_dump(mode="json"),
+        )
+        for r in found["grants"]
+    ]
+    snapshot += [
+        Event(type=events.APPLICATION_SUSPENDED, data=_app_event(r).model_dump(mode="json"))
+        for r in found["applications"]
+    ]
+    return snapshot
 
 
 # --- signing keys -----------------------------------------------------------------------------

@@ -361,6 +361,30 @@ async def token_is_revoked(conn: Connection, jti: str) -> bool:
     return bool(await conn.fetchval("SELECT true FROM revoked_tokens WHERE jti = $1", jti))
 
 
+async def revocations_in_force(conn: Connection, window_seconds: float) -> dict[str, list[Record]]:
+    """Revocations that can still refuse a live token: revoked tokens not yet expired, and
+    grants revoked or applications suspended within the last ``window_seconds``."""
+    tokens = await conn.fetch(
+        "SELECT jti, client_id, expires_at FROM revoked_tokens WHERE expires_at > now()"
+    )
+    grants = await conn.fetch(
+        f"""
+        SELECT {", ".join("g." + c.strip() for c in _GRANT_COLUMNS.split(","))}, a.client_id
+        FROM grants g JOIN applications a ON a.id = g.application_id
+        WHERE g.revoked_at > now() - make_interval(secs => $1)
+        """,
+        window_seconds,
+    )
+    applications = await conn.fetch(
+        f"""
+        SELECT {_APP_COLUMNS} FROM applications
+        WHERE status = 'suspended' AND updated_at > now() - make_interval(secs => $1)
+        """,
+        window_seconds,
+    )
+    return {"tokens": tokens, "grants": grants, "applications": applications}
+
+
 async def purge_expired_revocations(conn: Connection) -> int:
     result: str = await conn.execute("DELETE FROM revoked_tokens WHERE expires_at < now()")
     return int(result.split()[-1])
