@@ -26,6 +26,9 @@ from services.auth.schemas import (
 from services.auth.settings import AuthSettings
 from shared.db import create_pool
 
+TOKENS = "POST /oauth/token (client credentials)"
+BARE = "bare aiohttp handler, same JSON size"
+SIGNED = "bare handler + Ed25519 JWT signing only"
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
 
@@ -68,7 +71,7 @@ async def _tenant(dsn: str) -> tuple[str, str, str]:
 async def run() -> tuple[str, list[LoadResult]]:
     async with bench_database() as dsn:
         client_id, secret, clinic_id = await _tenant(dsn)
-        auth_port, base_port = free_port(), free_port()
+        auth_port = free_port()
         env = {
             "DATABASE_URL": dsn,
             "VETGATE_PORT": str(auth_port),
@@ -92,46 +95,35 @@ async def run() -> tuple[str, list[LoadResult]]:
                     sample = await response.read()
                     assert response.status == 200, sample
             size = len(json.dumps(json.loads(sample)))
-            with server_process(["-m", "bench.baseline", str(base_port), str(size)], {}):
-                await wait_http(f"http://127.0.0.1:{base_port}/nothing")
+            base_port, signed_port = free_port(), free_port()
+            with (
+                server_process(["-m", "bench.baseline", str(base_port), str(size), "plain"], {}),
+                server_process(["-m", "bench.baseline", str(signed_port), str(size), "signed"], {}),
+            ):
                 base_url = f"http://127.0.0.1:{base_port}/oauth/token"
-                # Warm both up, then measure them back to back.
-                await run_load(
-                    "warm-up",
-                    base_url,
-                    body=body,
-                    headers=headers,
-                    seconds=2,
-                    connections=CONNECTIONS,
-                )
-                await run_load(
-                    "warm-up",
-                    token_url,
-                    body=body,
-                    headers=headers,
-                    seconds=2,
-                    connections=CONNECTIONS,
-                )
-                baseline = await run_load(
-                    "bare aiohttp handler (same JSON size)",
-                    base_url,
-                    body=body,
-                    headers=headers,
-                    seconds=SECONDS,
-                    connections=CONNECTIONS,
-                )
-                tokens = await run_load(
-                    "POST /oauth/token (client credentials)",
-                    token_url,
-                    body=body,
-                    headers=headers,
-                    seconds=SECONDS,
-                    connections=CONNECTIONS,
-                )
-    rows = [tokens, baseline]
+                signed_url = f"http://127.0.0.1:{signed_port}/oauth/token"
+                await wait_http(f"http://127.0.0.1:{base_port}/")
+                await wait_http(f"http://127.0.0.1:{signed_port}/")
+
+                async def measure(name: str, url: str, seconds: float) -> LoadResult:
+                    return await run_load(
+                        name,
+                        url,
+                        body=body,
+                        headers=headers,
+                        seconds=seconds,
+                        connections=CONNECTIONS,
+                    )
+
+                for url in (base_url, signed_url, token_url):
+                    await measure("warm-up", url, 2)
+                baseline = await measure(BARE, base_url, SECONDS)
+                signed = await measure(SIGNED, signed_url, SECONDS)
+                tokens = await measure(TOKENS, token_url, SECONDS)
+    rows = [tokens, baseline, signed]
     return table(
         f"Token issuance — {SECONDS:.0f} s each, {CONNECTIONS} keep-alive connections, "
         f"response {size} bytes",
         rows,
-        ratio_of=(tokens.name, baseline.name),
+        baseline=BARE,
     ), rows
