@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import aiohttp
+import yarl
 from aiohttp import web
 
 from shared.errors import NotFound, PayloadTooLarge, ProblemError, ServiceUnavailable
@@ -28,7 +29,6 @@ _HOP_BY_HOP = frozenset(
         "Trailer",
         "Transfer-Encoding",
         "Upgrade",
-        "Host",
         "Content-Length",
     )
 )
@@ -76,8 +76,10 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         if request.path == "/healthz":
             return web.json_response({"status": "ok", "service": "gateway"})
         # Dot segments would be resolved by the upstream client after routing; refuse them so
-        # that the route decided here is the route taken.
-        if any(part in (".", "..") for part in request.raw_path.split("?", 1)[0].split("/")):
+        # that the route decided here is the route taken. Routing sees the decoded path, so
+        # percent-encoded dots (``%2e%2e``) count too.
+        segments = request.raw_path.split("?", 1)[0].split("/") + request.path.split("/")
+        if any(part in (".", "..") for part in segments):
             raise ProblemError("Dot segments are not allowed in API paths", slug="bad-path")
         target = route(request.path)
         if target is None:
@@ -91,14 +93,19 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         peer = request.remote or ""
         prior = request.headers.get("X-Forwarded-For")
         headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-        headers["X-Forwarded-Proto"] = request.scheme
+        # Kept when a TLS terminator in front of the gateway set it, as nginx does.
+        headers["X-Forwarded-Proto"] = request.headers.get("X-Forwarded-Proto") or request.scheme
         headers["X-Forwarded-Host"] = request.host
-        url = request.app[UPSTREAMS][service] + path
+        # The path and query go upstream as sent, like nginx's proxy_pass: re-encoding the decoded
+        # path would turn an escaped "?" or "#" into a query or a fragment.
+        raw = request.rel_url.raw_path if path == request.path else path
+        if request.rel_url.raw_query_string:
+            raw += "?" + request.rel_url.raw_query_string
+        url = yarl.URL(request.app[UPSTREAMS][service] + raw, encoded=True)
         try:
             async with request.app[SESSION].request(
                 request.method,
                 url,
-                params=request.query,
                 data=body,
                 headers=headers,
                 allow_redirects=False,
@@ -106,7 +113,9 @@ async def proxy(request: web.Request) -> web.StreamResponse:
                 payload = await upstream.read()
                 response = web.Response(status=upstream.status, body=payload)
                 for key, value in upstream.headers.items():
-                    if key.lower() not in _HOP_BY_HOP and key.lower() != "content-encoding":
+                    # The body is passed on as received (no auto_decompress), so its
+                    # Content-Encoding must go with it.
+                    if key.lower() not in _HOP_BY_HOP:
                         response.headers.add(key, value)
                 return response
         except (aiohttp.ClientError, TimeoutError):

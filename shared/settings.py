@@ -51,6 +51,10 @@ class ServiceSettings(BaseSettings):
     max_body_bytes: int = 1024 * 1024
     log_level: str = "INFO"
     outbox_poll_seconds: float = 1.0
+    # Published outbox rows and handled event ids are kept this long, then purged.
+    outbox_retention_hours: float = 72
+    processed_retention_hours: float = 168
+    housekeeping_interval_seconds: float = 600
     # Requests per second and burst per application tier (0 self-serve, 1 qualified, 2 strategic).
     tier_rates: tuple[float, float, float] = (20.0, 100.0, 500.0)
     tier_bursts: tuple[int, int, int] = (40, 200, 1000)

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 from aio_pika.abc import AbstractIncomingMessage
 from aiohttp import web
 
-from services.auth import service
+from services.auth import service, store
 from services.auth.cache import TtlCache
 from services.auth.keyring import KeyRing
 from services.auth.keys import AUTH_CONTEXT, AUTH_SETTINGS
@@ -14,6 +14,7 @@ from services.auth.settings import AuthSettings
 from shared.broker import broker_ctx
 from shared.db import pool_ctx
 from shared.events import Event
+from shared.housekeeping import EXTRA_PURGES, Purge, housekeeping_ctx
 from shared.keys import BROKER, DB_POOL
 from shared.outbox import relay_ctx
 from shared.ratelimit import TokenBuckets
@@ -60,6 +61,8 @@ def create_app(settings: AuthSettings) -> web.Application:
     settings.check_production()
     app = base_app(settings)
     app[AUTH_SETTINGS] = settings
-    app.cleanup_ctx.extend([pool_ctx, broker_ctx, relay_ctx, _auth_ctx])
+    purges: tuple[Purge, ...] = (store.purge_expired_revocations,)
+    app[EXTRA_PURGES] = purges
+    app.cleanup_ctx.extend([pool_ctx, broker_ctx, relay_ctx, _auth_ctx, housekeeping_ctx])
     build_api().install(app)
     return app
