@@ -7,7 +7,6 @@ used in development and tests is the one deployed.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -15,7 +14,7 @@ import yarl
 from aiohttp import web
 
 from shared.errors import NotFound, PayloadTooLarge, ProblemError, ServiceUnavailable
-from shared.web import problem_response
+from shared.web import problem_response, request_id_of
 
 MAX_BODY = 1024 * 1024
 _HOP_BY_HOP = frozenset(
@@ -71,7 +70,7 @@ def route(path: str) -> tuple[str, str] | None:
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request_id = request_id_of(request)
     try:
         if request.path == "/healthz":
             return web.json_response({"status": "ok", "service": "gateway"})

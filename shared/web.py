@@ -55,11 +55,16 @@ _HTTP_SLUGS = {
 }
 
 
+def request_id_of(request: web.Request) -> str:
+    """The caller's ``X-Request-Id`` if it is a sane token, otherwise a new one."""
+    incoming = request.headers.get("X-Request-Id", "")
+    return incoming if _REQUEST_ID_RE.match(incoming) else f"{random.getrandbits(64):016x}"
+
+
 @web.middleware
 async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, problem rendering, access log and metrics: the outermost layer."""
-    incoming = request.headers.get("X-Request-Id", "")
-    request_id = incoming if _REQUEST_ID_RE.match(incoming) else f"{random.getrandbits(64):016x}"
+    request_id = request_id_of(request)
     token = request_id_var.set(request_id)
     started = time.perf_counter()
     route = request.match_info.route.resource

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import re
 import socket
@@ -304,6 +305,38 @@ async def test_method_path_query_body_and_headers_are_proxied(
     assert seen["host"] == gateway_host
 
 
+@pytest.mark.parametrize(
+    ("raw", "path", "query"),
+    [
+        ("/v1/webhooks/a%3Fb%23c", "/v1/webhooks/a?b#c", []),
+        ("/v1/webhooks/a%20b/%C3%BC?x=%2B1&x=2", "/v1/webhooks/a b/ü", [["x", "+1"], ["x", "2"]]),
+        (
+            "/v1/events?q=a%26b%3Dc&empty=&flag",
+            "/v1/events",
+            [["q", "a&b=c"], ["empty", ""], ["flag", ""]],
+        ),
+        (
+            "/v1/events/?redirect=%2Fv1%2Fadmin%2F..%2F",
+            "/v1/events/",
+            [["redirect", "/v1/admin/../"]],
+        ),
+    ],
+)
+async def test_path_and_query_go_upstream_exactly_as_sent(
+    http: aiohttp.ClientSession,
+    gateway_url: str,
+    raw: str,
+    path: str,
+    query: list[list[str]],
+) -> None:
+    async with http.get(yarl.URL(gateway_url + raw, encoded=True)) as r:
+        assert r.status == 200, await r.text()
+        seen = await r.json()
+    assert seen["raw_path"] == raw
+    assert seen["path"] == path
+    assert seen["query"] == query
+
+
 @pytest.mark.parametrize("method", ["GET", "POST", "PATCH", "DELETE", "OPTIONS"])
 async def test_every_method_is_proxied(
     http: aiohttp.ClientSession, gateway_url: str, method: str
@@ -400,6 +433,8 @@ async def test_unknown_path_is_a_404_problem(http: aiohttp.ClientSession, gatewa
         "/oauth/..",
         "/v1/clinics/%2e%2e/admin/x",
         "/v1/clinics/x/bookings/%2E%2E/%2e%2e/%2e%2e/admin/groups",
+        "/v1/clinics/x/bookings/.%2e/.%2E/..%2Fadmin%2Fgroups",
+        "/v1/webhooks/%2e",
     ],
 )
 async def test_dot_segments_are_a_400_problem(
@@ -421,7 +456,8 @@ async def test_dots_inside_a_segment_are_not_dot_segments(
 async def test_body_over_one_mebibyte_is_a_413_problem(
     http: aiohttp.ClientSession, gateway_url: str
 ) -> None:
-    async with http.post(gateway_url + "/v1/admin/groups", data=b"x" * (MAX_BODY + 1)) as r:
+    body = io.BytesIO(b"x" * (MAX_BODY + 1))
+    async with http.post(gateway_url + "/v1/admin/groups", data=body) as r:
         await assert_problem(r, 413, "payload-too-large")
 
 
