@@ -5,18 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import aiohttp
-import asyncpg
 
 from bench.load import LoadResult
-from services.cli import migrate
+from services.scratch import scratch_database
 
 
 def free_port() -> int:
@@ -25,22 +23,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextlib.asynccontextmanager
-async def bench_database() -> AsyncIterator[str]:
+def bench_database() -> contextlib.AbstractAsyncContextManager[str]:
     """A migrated database of its own, dropped afterwards."""
-    server = os.environ.get(
-        "VETGATE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
-    name = f"vetgate_bench_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(server)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = server.rsplit("/", 1)[0] + "/" + name
-    try:
-        await migrate(dsn, quiet=True)
-        yield dsn
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    return scratch_database("vetgate_bench")
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from aiohttp.test_utils import TestServer
 
 from services.auth.app import create_app as create_auth_app
 from services.auth.settings import AuthSettings
-from services.cli import migrate
+from services.scratch import scratch_database
 from shared.api import Api
 from shared.broker import broker_ctx
 from shared.db import create_pool
@@ -44,19 +44,8 @@ def amqp_url() -> str:
 
 @pytest.fixture(scope="session")
 async def database_url() -> AsyncIterator[str]:
-    server = os.environ.get(
-        "VETGATE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
-    name = f"vetgate_test_{RUN_ID}"
-    admin = await asyncpg.connect(server)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = server.rsplit("/", 1)[0] + "/" + name
-    try:
-        await migrate(dsn, quiet=True)
+    async with scratch_database("vetgate_test", RUN_ID) as dsn:
         yield dsn
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def service_overrides(database_url: str, amqp_url: str) -> dict[str, Any]:

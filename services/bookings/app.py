@@ -4,19 +4,8 @@ from aiohttp import web
 
 from services.bookings.routes import build_api
 from services.bookings.settings import BookingsSettings
-from shared.broker import broker_ctx
-from shared.db import pool_ctx
-from shared.housekeeping import housekeeping_ctx
-from shared.outbox import relay_ctx
-from shared.tokens import client_session_ctx, verifier_ctx
-from shared.web import base_app
+from services.resource_app import resource_app
 
 
 def create_app(settings: BookingsSettings) -> web.Application:
-    settings.check_production()
-    app = base_app(settings)
-    app.cleanup_ctx.extend(
-        [pool_ctx, broker_ctx, client_session_ctx, relay_ctx, verifier_ctx, housekeeping_ctx]
-    )
-    build_api().install(app)
-    return app
+    return resource_app(settings, build_api())
