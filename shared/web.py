@@ -101,7 +101,9 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
         metrics = request.app.get(METRICS)
         if metrics is not None:
             metrics.observe_request(request.method, route_name, response.status, elapsed)
-        if not request.path.startswith(("/healthz", "/readyz", "/metrics")):
+        if log.isEnabledFor(logging.INFO) and not request.path.startswith(
+            ("/healthz", "/readyz", "/metrics")
+        ):
             log.info(
                 "%s %s %s",
                 request.method,
