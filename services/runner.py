@@ -42,7 +42,11 @@ async def run_all(*, gateway_port: int = 8000, ready: asyncio.Event | None = Non
     auth_url = f"http://{host}:{gateway_port + 1}"
     try:
         for offset, spec in enumerate(registry.all_specs(), start=1):
-            settings: ServiceSettings = spec.settings(port=gateway_port + offset, auth_url=auth_url)
+            overrides: dict[str, object] = {"port": gateway_port + offset, "auth_url": auth_url}
+            if not os.environ.get("VETGATE_ISSUER"):
+                # Tokens and metadata must name the gateway this process actually serves.
+                overrides["issuer"] = f"http://{host}:{gateway_port}"
+            settings: ServiceSettings = spec.settings(**overrides)
             runners.append(
                 await start_site(spec.create_app(settings), settings.host, settings.port)
             )

@@ -6,12 +6,20 @@ import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from services.cli import migrate
+from services.cli import embedded_database, migrate, port_open
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _default_server() -> str:
+    """The local server when one answers on 5432, else the embedded one under ``.data/``."""
+    if port_open("127.0.0.1", 5432):
+        return DEFAULT_SERVER
+    return embedded_database("postgres")
 
 
 @contextlib.asynccontextmanager
@@ -21,12 +29,12 @@ async def scratch_database(prefix: str, suffix: str | None = None) -> AsyncItera
     The server comes from ``VETGATE_TEST_DATABASE_URL`` (any database on it; trust or password
     auth as the URL says), so a developer's own databases are never touched.
     """
-    server = os.environ.get("VETGATE_TEST_DATABASE_URL", DEFAULT_SERVER)
+    server = os.environ.get("VETGATE_TEST_DATABASE_URL") or _default_server()
     name = f"{prefix}_{suffix or secrets.token_hex(4)}"
     admin = await asyncpg.connect(server)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        dsn = server.rsplit("/", 1)[0] + "/" + name
+        dsn = urlunsplit(urlsplit(server)._replace(path="/" + name))
         try:
             await migrate(dsn, quiet=True)
             yield dsn

@@ -49,6 +49,8 @@ class Broker:
         self._dlx: AbstractRobustExchange | None = None
         self._connected = asyncio.Event()
         self._subscriptions: list[Callable[[], Awaitable[None]]] = []
+        self._connected_callbacks: list[Callable[[], Awaitable[None]]] = []
+        self._tasks: set[asyncio.Future[None]] = set()
 
     @property
     def exchange_name(self) -> str:
@@ -89,17 +91,44 @@ class Broker:
 
     async def _connect_once(self) -> None:
         connection = await aio_pika.connect_robust(self._url, timeout=5)
-        channel = await connection.channel(publisher_confirms=True)
-        self._exchange = await channel.declare_exchange(
-            self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
-        )
-        self._dlx = await channel.declare_exchange(
-            self.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
-        )
-        self._connection, self._channel = connection, channel
-        for subscribe in self._subscriptions:
-            await subscribe()
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            self._exchange = await channel.declare_exchange(
+                self._exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            self._dlx = await channel.declare_exchange(
+                self.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+            )
+            self._connection, self._channel = connection, channel
+            for subscribe in self._subscriptions:
+                await subscribe()
+        except BaseException:
+            # A half-set-up robust connection would keep reconnecting on its own forever.
+            self._connection = self._channel = None
+            await connection.close()
+            raise
+        connection.reconnect_callbacks.add(lambda _sender: self._fire_connected())
         self._connected.set()
+        self._fire_connected()
+
+    def on_connected(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run ``callback`` after every (re)connection, once subscriptions are in place.
+
+        Exclusive queues die with a connection, so whatever was broadcast meanwhile is lost;
+        this is where a subscriber catches up.
+        """
+        self._connected_callbacks.append(callback)
+        if self.is_ready():
+            self._spawn(callback())
+
+    def _fire_connected(self) -> None:
+        for callback in self._connected_callbacks:
+            self._spawn(callback())
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def publish(self, routing_key: str, body: dict[str, Any], message_id: uuid.UUID) -> None:
         """Publish and wait for the broker's confirm; raise BrokerUnavailable otherwise."""
@@ -189,6 +218,8 @@ class Broker:
             await subscribe()
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         self._connected.clear()
         if self._connection is not None:
             await self._connection.close()

@@ -80,3 +80,84 @@ APPLICATION_UPDATED = "application.updated"
 
 #: Events after which a resource service must refuse tokens it would have accepted before.
 REVOCATION_EVENTS = (GRANT_REVOKED, TOKEN_REVOKED, APPLICATION_SUSPENDED)
+
+
+# --- directory (auth) -------------------------------------------------------------------------
+
+
+class ClinicChanged(BaseModel):
+    """``clinic.created`` / ``clinic.updated``: the directory entry other services project."""
+
+    clinic_id: uuid.UUID
+    group_id: uuid.UUID
+    name: str
+    time_zone: str
+    country: str
+    sandbox: bool
+    changed_at: datetime
+
+
+CLINIC_CREATED = "clinic.created"
+CLINIC_UPDATED = "clinic.updated"
+
+
+# --- registrations ----------------------------------------------------------------------------
+
+
+class ClientChanged(BaseModel):
+    """``client.registered`` / ``client.updated``: a pet owner, known across the clinic's group."""
+
+    client_id: uuid.UUID
+    group_id: uuid.UUID
+    clinic_id: uuid.UUID
+    title: str | None = None
+    first_name: str
+    last_name: str
+    email: str | None = None
+    phone: str | None = None
+    changed_at: datetime
+
+
+class PatientChanged(BaseModel):
+    """``patient.registered`` / ``patient.updated``: a pet of a client."""
+
+    patient_id: uuid.UUID
+    client_id: uuid.UUID
+    group_id: uuid.UUID
+    name: str
+    species: str
+    breed: str | None = None
+    changed_at: datetime
+
+
+class ClientErased(BaseModel):
+    """``client.erased``: forget the client's personal data; ids stay for history."""
+
+    client_id: uuid.UUID
+    group_id: uuid.UUID
+    erased_at: datetime
+
+
+CLIENT_REGISTERED = "client.registered"
+CLIENT_UPDATED = "client.updated"
+CLIENT_ERASED = "client.erased"
+PATIENT_REGISTERED = "patient.registered"
+PATIENT_UPDATED = "patient.updated"
+
+
+# --- bookings ---------------------------------------------------------------------------------
+
+BOOKING_CREATED = "booking.created"
+BOOKING_RESCHEDULED = "booking.rescheduled"
+BOOKING_CANCELLED = "booking.cancelled"
+BOOKING_STATUS_CHANGED = "booking.status_changed"
+SLOTS_REPLACED = "slots.replaced"
+WORKING_HOURS_UPDATED = "working_hours.updated"
+BREAK_CREATED = "break.created"
+BREAK_DELETED = "break.deleted"
+PRACTITIONER_CREATED = "practitioner.created"
+PRACTITIONER_UPDATED = "practitioner.updated"
+SERVICE_CREATED = "service.created"
+SERVICE_UPDATED = "service.updated"
+INSURANCE_CREATED = "insurance.created"
+INSURANCE_UPDATED = "insurance.updated"

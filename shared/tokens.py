@@ -27,7 +27,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from aiohttp import web
 
 from shared.consumers import parse_message
-from shared.errors import Forbidden, RateLimited, Unauthorized
+from shared.errors import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
 from shared.events import (
     APPLICATION_SUSPENDED,
     GRANT_REVOKED,
@@ -152,6 +152,8 @@ class RevocationList:
         self._jtis: dict[str, float] = {}
         self._grants: dict[tuple[str, uuid.UUID], float] = {}
         self._applications: dict[str, float] = {}
+        # False until revocations issued before this process started have been loaded.
+        self.loaded = False
 
     def revoke_token(self, jti: str, expires_at: float) -> None:
         self._jtis[jti] = expires_at
@@ -249,6 +251,12 @@ class TokenVerifier:
             raise Unauthorized("The access token comes from an unknown issuer") from None
         except (jwt.InvalidTokenError, KeyError, ValueError):
             raise Unauthorized("The access token is invalid") from None
+        if not self.revocations.loaded:
+            raise ServiceUnavailable(
+                "Token revocations are still loading; try again shortly",
+                slug="revocations-loading",
+                headers={"Retry-After": "1"},
+            )
         if self.revocations.is_revoked(principal):
             raise Unauthorized("The access token has been revoked")
         return principal
@@ -349,8 +357,9 @@ async def installed_verifier(
 ) -> AsyncIterator[None]:
     """Make ``verifier`` the app's, with rate buckets and revocations kept current.
 
-    The bus subscription comes first, then the snapshot of revocations still in force, so a
-    process that starts late misses nothing: a revocation is in one, the other, or both.
+    Revocation events arrive on a per-process broadcast queue; after every (re)connection the
+    snapshot of revocations still in force is loaded again, which covers what was broadcast
+    while this process was not listening. Until the first snapshot is in, tokens get a 503.
     """
     app[VERIFIER] = verifier
     app[_BUCKETS] = TokenBuckets()
@@ -361,18 +370,14 @@ async def installed_verifier(
             if event is not None:
                 verifier.revocations.apply(event)
 
-    await app[BROKER].subscribe_broadcast(REVOCATION_EVENTS, on_revocation)
-    loading = asyncio.create_task(_load_snapshot(verifier, snapshot), name="revocation-snapshot")
-    try:
-        yield
-    finally:
-        loading.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loading
+    broker = app[BROKER]
+    await broker.subscribe_broadcast(REVOCATION_EVENTS, on_revocation)
+    broker.on_connected(lambda: _load_snapshot(verifier, snapshot))
+    yield
 
 
 async def _load_snapshot(verifier: TokenVerifier, snapshot: RevocationSnapshot) -> None:
-    delay = 0.5
+    delay = 0.2
     while True:
         try:
             events = await snapshot()
@@ -381,15 +386,17 @@ async def _load_snapshot(verifier: TokenVerifier, snapshot: RevocationSnapshot) 
             TimeoutError,
             OSError,
             ValueError,
+            KeyError,
             asyncpg.PostgresError,
             asyncpg.InterfaceError,
         ) as exc:
             log.warning("revocation snapshot unavailable (%s); retrying", type(exc).__name__)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            delay = min(delay * 2, 2.0)
             continue
         for event in events:
             verifier.revocations.apply(event)
+        verifier.revocations.loaded = True
         return
 
 

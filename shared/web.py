@@ -12,7 +12,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
@@ -27,7 +27,7 @@ from shared.errors import (
     ProblemError,
     ValidationProblem,
 )
-from shared.keys import BROKER, DB_POOL, METRICS, SETTINGS
+from shared.keys import BROKER, DB_POOL, METRICS, SETTINGS, VERIFIER
 from shared.logs import request_id_var
 from shared.metrics import Metrics
 from shared.settings import ServiceSettings
@@ -137,6 +137,9 @@ async def readyz(request: web.Request) -> web.Response:
         checks["database"] = "unavailable"
     broker = request.app.get(BROKER)
     checks["broker"] = "ok" if broker is not None and broker.is_ready() else "unavailable"
+    verifier = request.app.get(VERIFIER)
+    if verifier is not None:
+        checks["revocations"] = "ok" if verifier.revocations.loaded else "loading"
     ready = all(v == "ok" for v in checks.values())
     return web.json_response(
         {"status": "ready" if ready else "not-ready", "checks": checks},
@@ -211,7 +214,14 @@ async def parse_body(request: web.Request, model: type[ModelT]) -> ModelT:
     return parse_model(model, await read_json(request), "body")
 
 
-async def read_form(request: web.Request) -> Mapping[str, str]:
+def _repeated_field(key: str) -> ProblemError:
+    return ValidationProblem([FieldError(f"body.{key}", "Given more than once")])
+
+
+async def read_form(
+    request: web.Request, *, repeated: Callable[[str], ProblemError] = _repeated_field
+) -> Mapping[str, str]:
+    """A urlencoded body as a dict; ``repeated`` builds the refusal of a repeated key."""
     if (
         request.content_length is not None
         and request.content_length > request.app[SETTINGS].max_body_bytes
@@ -225,11 +235,12 @@ async def read_form(request: web.Request) -> Mapping[str, str]:
         pairs = parse_qsl(raw.decode(), keep_blank_values=True, strict_parsing=False)
     except UnicodeDecodeError:
         raise ValidationProblem([FieldError("body", "The form is not UTF-8")]) from None
-    # A repeated parameter is ambiguous; RFC 6749 §3.2 says it must not be; first one wins here
-    # and the OAuth handlers refuse repeats explicitly where it matters.
+    # A repeated parameter is ambiguous (RFC 6749 §3.1 forbids it): refuse rather than pick one.
     form: dict[str, str] = {}
     for key, value in pairs:
-        form.setdefault(key, value)
+        if key in form:
+            raise repeated(key)
+        form[key] = value
     return form
 
 

@@ -297,7 +297,7 @@ async def test_sandbox_credentials_get_a_clinic_token(
     assert body["clinic_id"] == c["clinic_id"]
     claims = jwt.decode(body["access_token"], options={"verify_signature": False})
     assert claims["clinic_id"] == c["clinic_id"]
-    assert claims["group_id"] == c["group_id"]
+    assert "group_id" not in claims  # the sandbox grant is a clinic grant
     assert claims["client_id"] == c["client_id"]
 
 

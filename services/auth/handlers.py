@@ -23,7 +23,7 @@ from services.auth.schemas import (
     StaffUserCreate,
     TokenForm,
 )
-from shared.errors import FieldError, OAuthError, Unauthorized, ValidationProblem
+from shared.errors import FieldError, Forbidden, OAuthError, Unauthorized, ValidationProblem
 from shared.keys import DB_POOL
 from shared.pagination import PageQuery
 from shared.scopes import ALL_SCOPES, CLINICS_READ
@@ -110,7 +110,11 @@ async def _oauth_form(request: web.Request) -> dict[str, str]:
         raise OAuthError(
             "invalid_request", "Send the parameters as application/x-www-form-urlencoded"
         )
-    return dict(await read_form(request))
+    return dict(await read_form(request, repeated=_repeated_parameter))
+
+
+def _repeated_parameter(name: str) -> OAuthError:
+    return OAuthError("invalid_request", f"Parameter {name!r} given more than once")
 
 
 async def token(request: web.Request) -> web.Response:
@@ -225,6 +229,13 @@ async def internal_revocations(request: web.Request) -> web.Response:
     )
 
 
+async def internal_clinic(request: web.Request) -> web.Response:
+    """A directory entry, for services that keep a projection of clinics."""
+    _require_static_bearer(request, request.app[AUTH_SETTINGS].internal_token, "Internal")
+    clinic = await service.get_clinic(request.app[DB_POOL], _uuid_param(request, "clinic_id"))
+    return json_model(clinic)
+
+
 # --- partner-facing directory -----------------------------------------------------------------
 
 
@@ -237,9 +248,16 @@ async def list_clinics(request: web.Request) -> web.Response:
 
 @requires(clinic=False)
 async def get_clinic(request: web.Request) -> web.Response:
-    clinic = await service.get_clinic_for(
-        request.app[DB_POOL], request[PRINCIPAL], _uuid_param(request, "clinic_id")
-    )
+    principal = request[PRINCIPAL]
+    clinic_id = _uuid_param(request, "clinic_id")
+    # A token acting for a clinic may always read that clinic; others need clinics:read.
+    if principal.clinic_id != clinic_id and CLINICS_READ not in principal.scopes:
+        raise Forbidden(
+            f"The token lacks the scope(s): {CLINICS_READ}",
+            slug="insufficient-scope",
+            title="Insufficient scope",
+        )
+    clinic = await service.get_clinic_for(request.app[DB_POOL], principal, clinic_id)
     return json_model(clinic)
 
 

@@ -76,6 +76,16 @@ def build_api() -> Api:
         tags=("internal",),
     )
 
+    api.add(
+        "GET",
+        "/internal/v1/clinics/{clinic_id}",
+        h.internal_clinic,
+        "One directory entry (service-to-service; not routed by the gateway)",
+        response=s.ClinicRead,
+        tags=("internal",),
+        errors=(404, 422),
+    )
+
     directory = ("clinics",)
     api.add(
         "GET",

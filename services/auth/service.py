@@ -39,7 +39,7 @@ from services.auth.settings import AuthSettings
 from shared import events, scopes
 from shared.db import Connection, Row, constraint_problem
 from shared.errors import Conflict, FieldError, NotFound, OAuthError, RateLimited, ValidationProblem
-from shared.events import ApplicationChanged, Event, GrantChanged, TokenRevoked
+from shared.events import ApplicationChanged, ClinicChanged, Event, GrantChanged, TokenRevoked
 from shared.outbox import emit
 from shared.pagination import PageQuery, decode_cursor, encode_cursor
 from shared.ratelimit import TokenBuckets
@@ -73,6 +73,31 @@ async def create_clinic(pool: asyncpg.Pool, data: ClinicCreate) -> ClinicRead:
         if not await store.group_exists(conn, data.group_id):
             raise ValidationProblem([FieldError("body.group_id", "No such group")])
         row = await store.insert_clinic(conn, uuid.uuid4(), **data.model_dump())
+        clinic = ClinicRead.model_validate(dict(row))
+        await emit(
+            conn,
+            events.CLINIC_CREATED,
+            ClinicChanged(
+                clinic_id=clinic.id,
+                group_id=clinic.group_id,
+                name=clinic.name,
+                time_zone=clinic.time_zone,
+                country=clinic.country,
+                sandbox=clinic.sandbox,
+                changed_at=clinic.updated_at,
+            ),
+            aggregate=f"clinic:{clinic.id}",
+            clinic_id=clinic.id,
+        )
+    return clinic
+
+
+async def get_clinic(pool: asyncpg.Pool, clinic_id: uuid.UUID) -> ClinicRead:
+    """One clinic of the directory, for other services (internal)."""
+    async with pool.acquire() as conn:
+        row = await store.get_clinic(conn, clinic_id)
+    if row is None:
+        raise NotFound("No such clinic")
     return ClinicRead.model_validate(dict(row))
 
 
@@ -439,18 +464,28 @@ async def authenticate_client(
     conn: Connection, ctx: AuthContext, client_id: str, secret: str
 ) -> Row:
     """The application whose id and secret these are; slowed down after repeated failures."""
-    _check_not_throttled(ctx, client_id)
     row = await store.client_credentials(conn, client_id)
     return _verify_secret(ctx, client_id, secret, row)
 
 
 def _verify_secret(ctx: AuthContext, client_id: str, secret: str, row: Row | None) -> Row:
-    hashes = (row["secret_hash"], row["previous_secret_hash"]) if row is not None else (None,)
-    if row is None or not crypto.secret_matches(secret, *hashes):
+    """The application if the secret is right; failures of a real client are slowed down.
+
+    The right secret always passes: a 256-bit secret cannot be guessed, so refusing it while
+    throttled would only let anyone who knows a (public) client id lock its partner out. Unknown
+    ids get no bucket, so random ids cannot fill memory or push real buckets out.
+    """
+    if row is not None and crypto.secret_matches(
+        secret, row["secret_hash"], row["previous_secret_hash"]
+    ):
+        return row
+    if row is not None:
+        _check_not_throttled(ctx, client_id)
         limits = ctx.settings
         ctx.failures.take(client_id, rate=limits.auth_failure_rate, burst=limits.auth_failure_burst)
-        raise _invalid_client()
-    return row
+    else:
+        crypto.secret_matches(secret, None)  # same work as a wrong secret
+    raise _invalid_client()
 
 
 def _check_not_throttled(ctx: AuthContext, client_id: str) -> None:
@@ -508,9 +543,11 @@ def _granted_scopes(
     clinic_id: uuid.UUID | None,
     requested: set[str] | None,
 ) -> tuple[set[str], uuid.UUID | None]:
-    """Scopes to put in the token (and the clinic's group), or an RFC 6749 refusal.
+    """Scopes to put in the token (and the group granted), or an RFC 6749 refusal.
 
-    ``grant`` is the application's standing on ``clinic_id`` (``store.clinic_grant``).
+    ``grant`` is the application's standing on ``clinic_id`` (``store.clinic_grant``). The group
+    goes into the token only when a group grant stands behind it, so that revoking a group grant
+    never refuses tokens that rest on a clinic grant alone.
     """
     if clinic_id is None:
         available = set(scopes.APPLICATION_SCOPES)
@@ -526,7 +563,7 @@ def _granted_scopes(
                 "production applications only for real ones",
             )
         available = set(grant["scopes"]) | scopes.APPLICATION_SCOPES
-        group_id = grant["group_id"]
+        group_id = grant["group_id"] if grant["via_group"] else None
     if requested is None:
         chosen = set(grant["scopes"]) if grant is not None else available
     else:
@@ -568,6 +605,7 @@ async def _mint(
     }
     if clinic_id is not None:
         claims["clinic_id"] = str(clinic_id)
+    if group_id is not None:
         claims["group_id"] = str(group_id)
     if user_id is not None:
         claims["user_id"] = str(user_id)
@@ -587,7 +625,6 @@ async def issue_client_token(
     """RFC 6749 §4.4: an access token for the application, optionally acting for one clinic."""
     requested = _requested_scopes(scope)
     clinic = _parse_clinic_id(clinic_id)
-    _check_not_throttled(ctx, client_id)
 
     # The hot path: both reads come from the event-invalidated cache (see cache.py).
     async def load_app() -> dict[str, Any] | None:
@@ -643,24 +680,17 @@ async def issue_user_token(
     return await _mint(ctx, app, chosen, user["clinic_id"], group_id, user_id=user["id"])
 
 
-async def _own_token_claims(
-    conn: Connection, ctx: AuthContext, app: Row, token: str
-) -> dict[str, Any] | None:
-    claims = await ctx.keyring.decode(
-        token, audience=ctx.settings.token_audience, issuer=ctx.settings.issuer
-    )
-    if claims is None or claims.get("client_id") != app["client_id"]:
-        return None
-    return claims
-
-
 async def introspect(
     pool: asyncpg.Pool, ctx: AuthContext, *, client_id: str, client_secret: str, token: str
 ) -> dict[str, Any]:
     """RFC 7662: the token's claims if it is active and was issued to the caller."""
+    # Decoded before a connection is taken: a key refresh needs one of its own.
+    decoded = await ctx.keyring.decode(
+        token, audience=ctx.settings.token_audience, issuer=ctx.settings.issuer
+    )
     async with pool.acquire() as conn:
         app = await authenticate_client(conn, ctx, client_id, client_secret)
-        claims = await _own_token_claims(conn, ctx, app, token)
+        claims = decoded if decoded and decoded.get("client_id") == app["client_id"] else None
         if claims is None or app["status"] != "approved":
             return {"active": False}
         if await store.token_is_revoked(conn, claims["jti"]):
@@ -677,11 +707,12 @@ async def revoke_token(
     pool: asyncpg.Pool, ctx: AuthContext, *, client_id: str, client_secret: str, token: str
 ) -> None:
     """RFC 7009: revoke one of the caller's access tokens; unknown tokens are ignored."""
+    # Decoded before a connection is taken: a key refresh needs one of its own.
+    claims = await ctx.keyring.decode(
+        token, audience=ctx.settings.token_audience, issuer=ctx.settings.issuer
+    )
     async with pool.acquire() as conn, conn.transaction():
         app = await authenticate_client(conn, ctx, client_id, client_secret)
-        claims = await ctx.keyring.decode(
-            token, audience=ctx.settings.token_audience, issuer=ctx.settings.issuer
-        )
         if claims is None:
             return
         if claims.get("client_id") != app["client_id"]:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from shared.settings import DEV_PASSPHRASE, ServiceSettings
 
@@ -24,6 +24,16 @@ class AuthSettings(ServiceSettings):
     # Failed client authentications allowed per client id before answers slow down.
     auth_failure_burst: int = 10
     auth_failure_rate: float = 0.5
+
+    @model_validator(mode="after")
+    def _margin_covers_cache(self) -> AuthSettings:
+        # Resource services refuse tokens issued up to the margin after a revocation; a cached
+        # credential can outlive the revocation by the cache time plus whole-second iat.
+        if self.revocation_margin_seconds < self.credential_cache_seconds + 1:
+            raise ValueError(
+                "revocation_margin_seconds must be at least credential_cache_seconds + 1"
+            )
+        return self
 
     def check_production(self) -> None:
         super().check_production()

@@ -246,7 +246,10 @@ async def clinic_grant(
                array(SELECT DISTINCT unnest(g.scopes)
                      FROM grants g
                      WHERE g.application_id = $1 AND g.revoked_at IS NULL
-                       AND (g.clinic_id = c.id OR g.group_id = c.group_id)) AS scopes
+                       AND (g.clinic_id = c.id OR g.group_id = c.group_id)) AS scopes,
+               EXISTS (SELECT 1 FROM grants g
+                       WHERE g.application_id = $1 AND g.revoked_at IS NULL
+                         AND g.group_id = c.group_id) AS via_group
         FROM clinics c WHERE c.id = $2
         """,
         application_id,

@@ -106,7 +106,8 @@ async def test_authlib_client_credentials_token_verifies_with_pyjwt(
     assert claims["client_id"] == tenant.client_id
     assert claims["app_id"] == tenant.application_id
     assert claims["clinic_id"] == tenant.clinic_id
-    assert claims["group_id"] == tenant.group_id
+    # A clinic grant alone: the token names no group (revoking a group grant cannot touch it).
+    assert "group_id" not in claims
     assert set(claims["scope"].split()) == set(tenant.scopes)
     assert claims["iat"] <= now + 5
     assert claims["exp"] - claims["iat"] == auth_settings.access_token_ttl

@@ -8,9 +8,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import aiormq
 from aiohttp.test_utils import TestServer
 
 from shared.broker import broker_ctx
+from shared.keys import BROKER
 from shared.settings import ServiceSettings
 from shared.tokens import client_session_ctx, verifier_ctx
 from shared.web import base_app
@@ -98,3 +100,41 @@ async def test_revocation_snapshot_needs_the_internal_credential(
         assert response.status == 200
         body = await response.json()
         assert isinstance(body["events"], list)
+
+
+async def test_revocation_broadcast_while_disconnected_is_caught_up_after_reconnect(
+    admin: Admin,
+    get_token: TokenFactory,
+    http: aiohttp.ClientSession,
+    overrides: dict[str, Any],
+    auth_url: str,
+) -> None:
+    tenant = await admin.tenant()
+    token = (await get_token(tenant, clinic_id=tenant.clinic_id))["access_token"]
+    settings = ServiceSettings(**overrides, service_name="blip-resource", auth_url=auth_url)
+    app = base_app(settings)
+    app.cleanup_ctx.extend([broker_ctx, client_session_ctx, verifier_ctx])
+    resource_api().install(app)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        base = str(server.make_url("")).rstrip("/")
+        assert await eventually_status(http, base, tenant, token, 200) == 200
+        connection = app[BROKER]._connection
+        assert connection is not None
+        assert connection.transport is not None
+        # A network blip: the exclusive revocation queue dies with the connection ...
+        await connection.transport.connection.close(
+            aiormq.exceptions.AMQPConnectionError("simulated network blip")
+        )
+        # ... so the broadcast of this revocation never reaches this process.
+        await admin.call("DELETE", f"/v1/admin/grants/{tenant.grant_id}", None, 200)
+        status = 0
+        for _ in range(200):  # aio-pika reconnects after about 5 s
+            status = await probe(http, base, tenant, token)
+            if status == 401:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 401
+    finally:
+        await server.close()

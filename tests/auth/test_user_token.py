@@ -136,7 +136,8 @@ async def test_user_token_carries_the_user_and_the_clinic(
     assert claims["user_id"] == staff.id
     assert claims["sub"] == staff.id
     assert claims["clinic_id"] == tenant.clinic_id
-    assert claims["group_id"] == tenant.group_id
+    # A clinic grant alone: the token names no group (revoking a group grant cannot touch it).
+    assert "group_id" not in claims
     assert claims["client_id"] == tenant.client_id
     assert claims["scope"] == "bookings:read bookings:write"
     assert answer.body["clinic_id"] == tenant.clinic_id
