@@ -10,12 +10,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
     StringConstraints,
     model_validator,
 )
 
 from shared.pagination import PageQuery
-from shared.validation import Email, Name
+from shared.validation import Email, Name, OffsetDatetime
 
 ResourceType = Literal["practitioner", "service", "insurance", "client", "patient", "booking"]
 Role = Literal["vet", "nurse", "other"]
@@ -25,6 +26,10 @@ Species = Annotated[
     str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=50)
 ]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)]
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat()
 
 
 class _Input(BaseModel):
@@ -206,8 +211,8 @@ class WorkingHoursRead(BaseModel):
 
 
 class TimeRange(_Input):
-    start: AwareDatetime
-    end: AwareDatetime
+    start: Annotated[AwareDatetime, PlainSerializer(_iso, return_type=str, when_used="json")]
+    end: Annotated[AwareDatetime, PlainSerializer(_iso, return_type=str, when_used="json")]
 
     @model_validator(mode="after")
     def _ordered(self) -> TimeRange:
@@ -244,8 +249,8 @@ class BreakCreate(_Input):
 class BreakRead(BaseModel):
     id: uuid.UUID
     practitioner_id: uuid.UUID
-    start: datetime
-    end: datetime
+    start: OffsetDatetime
+    end: OffsetDatetime
     reason: str | None
     created_at: datetime
 
@@ -268,8 +273,8 @@ class AvailabilityQuery(BaseModel):
 
 
 class AvailableSlot(BaseModel):
-    start: datetime
-    end: datetime
+    start: OffsetDatetime
+    end: OffsetDatetime
     practitioner_id: uuid.UUID
 
 
@@ -317,6 +322,11 @@ class BookingCreate(_Input):
     insurance_id: uuid.UUID | None = None
     notes: Text | None = None
     source: Literal["partner", "clinic"] = "partner"
+    pushed: bool = Field(
+        default=False,
+        description="Made in the partner's own system and synchronised here: it may lie outside "
+        "published availability (never over another booking)",
+    )
     external_id: ExternalId | None = None
 
     @model_validator(mode="after")
@@ -327,6 +337,8 @@ class BookingCreate(_Input):
             raise ValueError("patient_id needs client_id")
         if self.end is not None and self.end <= self.start:
             raise ValueError("end must be after start")
+        if self.end is not None and not self.pushed:
+            raise ValueError("end may only be given for a pushed booking")
         return self
 
 
@@ -348,10 +360,11 @@ class BookingRead(BaseModel):
     clinic_id: uuid.UUID
     practitioner_id: uuid.UUID
     service_id: uuid.UUID
-    start: datetime
-    end: datetime
+    start: OffsetDatetime
+    end: OffsetDatetime
     status: BookingStatus
     source: Literal["partner", "clinic"]
+    pushed: bool
     client_id: uuid.UUID | None
     patient_id: uuid.UUID | None
     prospect: dict[str, Any] | None

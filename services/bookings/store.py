@@ -233,7 +233,7 @@ async def offers(conn: Connection, service_id: uuid.UUID, practitioner_id: uuid.
 async def lock_practitioner(conn: Connection, practitioner_id: uuid.UUID) -> None:
     """Serialise schedule changes and bookings of one practitioner for this transaction."""
     await conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))", practitioner_id
+        "SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text, 0))", practitioner_id
     )
 
 
@@ -508,7 +508,12 @@ async def list_breaks(
 
 
 async def busy_periods(
-    conn: Connection, practitioner_ids: list[uuid.UUID], start: datetime, end: datetime
+    conn: Connection,
+    practitioner_ids: list[uuid.UUID],
+    start: datetime,
+    end: datetime,
+    *,
+    except_booking: uuid.UUID | None = None,
 ) -> list[Record]:
     """Breaks and live bookings of these practitioners that touch [start, end)."""
     return await conn.fetch(
@@ -519,11 +524,13 @@ async def busy_periods(
         SELECT practitioner_id, lower(period), upper(period) FROM bookings
         WHERE practitioner_id = ANY($1::uuid[]) AND period && tstzrange($2, $3)
           AND status IN ('booked', 'confirmed', 'arrived')
+          AND ($4::uuid IS NULL OR id <> $4)
         ORDER BY 1, 2
         """,
         practitioner_ids,
         start,
         end,
+        except_booking,
     )
 
 
@@ -562,7 +569,7 @@ async def break_overlaps(
 
 _BOOKING = """
     b.id, b.clinic_id, b.practitioner_id, b.service_id, lower(b.period) AS start,
-    upper(b.period) AS "end", b.status, b.source, b.client_id, b.patient_id, b.prospect,
+    upper(b.period) AS "end", b.status, b.source, b.pushed, b.client_id, b.patient_id, b.prospect,
     b.insurance_id, b.notes, b.cancel_reason, b.version, b.created_at, b.updated_at
 """
 
@@ -580,9 +587,9 @@ def _booking_select() -> str:
 async def insert_booking(conn: Connection, booking_id: uuid.UUID, values: dict[str, Any]) -> None:
     await conn.execute(
         """
-        INSERT INTO bookings (id, clinic_id, practitioner_id, service_id, period, source,
+        INSERT INTO bookings (id, clinic_id, practitioner_id, service_id, period, source, pushed,
                               client_id, patient_id, prospect, insurance_id, notes, application_id)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
         """,
         booking_id,
         values["clinic_id"],
@@ -590,6 +597,7 @@ async def insert_booking(conn: Connection, booking_id: uuid.UUID, values: dict[s
         values["service_id"],
         Range(values["start"], values["end"]),
         values["source"],
+        values["pushed"],
         values["client_id"],
         values["patient_id"],
         values["prospect"],
@@ -772,6 +780,17 @@ async def erase_client(conn: Connection, client_id: uuid.UUID, group_id: uuid.UU
         "WHERE client_id = $1 AND (prospect IS NOT NULL OR notes IS NOT NULL)",
         client_id,
     )
+
+
+async def client_group(conn: Connection, client_id: uuid.UUID) -> Record | None:
+    return await conn.fetchrow("SELECT group_id, erased FROM clients WHERE id = $1", client_id)
+
+
+async def patient_owner(conn: Connection, patient_id: uuid.UUID) -> uuid.UUID | None:
+    owner: uuid.UUID | None = await conn.fetchval(
+        "SELECT client_id FROM patients WHERE id = $1", patient_id
+    )
+    return owner
 
 
 async def search_clients(

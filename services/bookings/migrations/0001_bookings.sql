@@ -128,6 +128,8 @@ CREATE TABLE bookings (
     status text NOT NULL DEFAULT 'booked'
         CHECK (status IN ('booked', 'confirmed', 'arrived', 'completed', 'cancelled', 'no_show')),
     source text NOT NULL CHECK (source IN ('partner', 'clinic')),
+    -- Made in the partner's own system and synchronised here: may lie outside availability.
+    pushed boolean NOT NULL DEFAULT false,
     client_id uuid,
     patient_id uuid,
     prospect jsonb,

@@ -1,0 +1,372 @@
+"""Rules for when practitioners can be booked: working hours, published days, breaks,
+and the availability search that combines them with bookings."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+
+import asyncpg
+
+from services.bookings import availability, store
+from services.bookings.directory import ClinicDirectory, ClinicRules
+from services.bookings.schemas import (
+    Availability,
+    AvailabilityQuery,
+    AvailableSlot,
+    BreakCreate,
+    BreakRead,
+    SlotsPut,
+    SlotsRead,
+    TimeRange,
+    WorkingHoursPut,
+    WorkingHoursRead,
+    WorkingHoursRule,
+)
+from shared import events
+from shared.db import Connection
+from shared.errors import Conflict, FieldError, NotFound, ProblemError, ValidationProblem
+from shared.outbox import emit
+
+MAX_WINDOW = timedelta(days=31)
+
+
+async def _require_practitioner(
+    conn: Connection, clinic_id: uuid.UUID, practitioner_id: uuid.UUID
+) -> None:
+    if await store.practitioner_state(conn, clinic_id, practitioner_id) is None:
+        raise NotFound("No such practitioner in this clinic")
+
+
+# --- working hours ----------------------------------------------------------------------------
+
+
+async def replace_working_hours(
+    pool: asyncpg.Pool,
+    directory: ClinicDirectory,
+    *,
+    clinic_id: uuid.UUID,
+    practitioner_id: uuid.UUID,
+    data: WorkingHoursPut,
+) -> WorkingHoursRead:
+    """Replace a practitioner's weekly hours; publishes ``working_hours.updated``."""
+    await directory.rules(clinic_id)
+    rules = [r.model_dump() for r in data.rules]
+    async with pool.acquire() as conn, conn.transaction():
+        await _require_practitioner(conn, clinic_id, practitioner_id)
+        await store.lock_practitioner(conn, practitioner_id)
+        await store.replace_working_hours(conn, clinic_id, practitioner_id, rules)
+        read = WorkingHoursRead(practitioner_id=practitioner_id, rules=data.rules)
+        await emit(
+            conn,
+            events.WORKING_HOURS_UPDATED,
+            read.model_dump(mode="json"),
+            aggregate=f"working_hours:{practitioner_id}",
+            clinic_id=clinic_id,
+        )
+    return read
+
+
+async def get_working_hours(
+    pool: asyncpg.Pool, *, clinic_id: uuid.UUID, practitioner_id: uuid.UUID
+) -> WorkingHoursRead:
+    """A practitioner's weekly hours."""
+    async with pool.acquire() as conn:
+        await _require_practitioner(conn, clinic_id, practitioner_id)
+        rows = await store.working_hours(conn, [practitioner_id])
+    rules = [
+        WorkingHoursRule(
+            weekday=r["weekday"],
+            start=r["start"],
+            end=r["end"],
+            effective_from=r["effective_from"],
+            effective_to=r["effective_to"],
+        )
+        for r in rows
+    ]
+    return WorkingHoursRead(practitioner_id=practitioner_id, rules=rules)
+
+
+# --- published days ---------------------------------------------------------------------------
+
+
+def _slots_within_day(
+    data: SlotsPut, day: date, rules: ClinicRules
+) -> list[tuple[datetime, datetime]]:
+    bounds = availability.local_day_bounds(day, rules.time_zone)
+    periods = sorted((s.start.astimezone(UTC), s.end.astimezone(UTC)) for s in data.slots)
+    errors = [
+        FieldError(f"body.slots.{i}", f"Lies outside {day.isoformat()} in {rules.time_zone.key}")
+        for i, (start, end) in enumerate(periods)
+        if start < bounds.start or end > bounds.end
+    ]
+    errors += [
+        FieldError(f"body.slots.{i + 1}", "Overlaps the slot before it")
+        for i in range(len(periods) - 1)
+        if periods[i + 1][0] < periods[i][1]
+    ]
+    if errors:
+        raise ValidationProblem(errors)
+    return periods
+
+
+async def replace_day(
+    pool: asyncpg.Pool,
+    directory: ClinicDirectory,
+    *,
+    clinic_id: uuid.UUID,
+    practitioner_id: uuid.UUID,
+    day: date,
+    data: SlotsPut,
+) -> SlotsRead:
+    """Publish a local day's slots, replacing working hours for that day; bookings stay."""
+    rules = await directory.rules(clinic_id)
+    periods = _slots_within_day(data, day, rules)
+    async with pool.acquire() as conn, conn.transaction():
+        await _require_practitioner(conn, clinic_id, practitioner_id)
+        await store.lock_practitioner(conn, practitioner_id)
+        published_at = await store.replace_published_day(
+            conn, clinic_id, practitioner_id, day, periods
+        )
+        read = SlotsRead(
+            practitioner_id=practitioner_id,
+            date=day,
+            slots=[
+                TimeRange(start=s.astimezone(rules.time_zone), end=e.astimezone(rules.time_zone))
+                for s, e in periods
+            ],
+            published_at=published_at,
+        )
+        await emit(
+            conn,
+            events.SLOTS_REPLACED,
+            read.model_dump(mode="json"),
+            aggregate=f"slots:{practitioner_id}:{day.isoformat()}",
+            clinic_id=clinic_id,
+        )
+    return read
+
+
+async def get_day(
+    pool: asyncpg.Pool,
+    directory: ClinicDirectory,
+    *,
+    clinic_id: uuid.UUID,
+    practitioner_id: uuid.UUID,
+    day: date,
+) -> SlotsRead:
+    """A published day's slots."""
+    rules = await directory.rules(clinic_id)
+    async with pool.acquire() as conn:
+        await _require_practitioner(conn, clinic_id, practitioner_id)
+        row = await store.published_day(conn, practitioner_id, day)
+    if row is None:
+        raise NotFound("This day has not been published; working hours apply")
+    return SlotsRead(
+        practitioner_id=practitioner_id,
+        date=day,
+        slots=[
+            TimeRange(
+                start=p.lower.astimezone(rules.time_zone), end=p.upper.astimezone(rules.time_zone)
+            )
+            for p in row["periods"]
+        ],
+        published_at=row["published_at"],
+    )
+
+
+# --- breaks -----------------------------------------------------------------------------------
+
+
+async def create_break(
+    pool: asyncpg.Pool,
+    directory: ClinicDirectory,
+    *,
+    clinic_id: uuid.UUID,
+    practitioner_id: uuid.UUID,
+    data: BreakCreate,
+) -> BreakRead:
+    """Block time; refused with 409 naming the live bookings it would cover."""
+    await directory.rules(clinic_id)
+    async with pool.acquire() as conn, conn.transaction():
+        await _require_practitioner(conn, clinic_id, practitioner_id)
+        # Bookings take the same lock, so none can slip in between the check and the insert.
+        await store.lock_practitioner(conn, practitioner_id)
+        clashing = await store.live_bookings_overlapping(
+            conn, practitioner_id, data.start, data.end
+        )
+        if clashing:
+            raise Conflict(
+                "The break would cover existing bookings",
+                slug="break-over-bookings",
+                extra={"booking_ids": [str(b) for b in clashing]},
+            )
+        row = await store.insert_break(
+            conn, uuid.uuid4(), clinic_id, practitioner_id, data.start, data.end, data.reason
+        )
+        read = BreakRead.model_validate(dict(row))
+        await emit(
+            conn,
+            events.BREAK_CREATED,
+            read.model_dump(mode="json"),
+            aggregate=f"break:{read.id}",
+            clinic_id=clinic_id,
+        )
+    return read
+
+
+async def delete_break(
+    pool: asyncpg.Pool, *, clinic_id: uuid.UUID, practitioner_id: uuid.UUID, break_id: uuid.UUID
+) -> None:
+    """Remove a break; publishes ``break.deleted``."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await store.delete_break(conn, clinic_id, practitioner_id, break_id)
+        if row is None:
+            raise NotFound("No such break")
+        await emit(
+            conn,
+            events.BREAK_DELETED,
+            BreakRead.model_validate(dict(row)).model_dump(mode="json"),
+            aggregate=f"break:{break_id}",
+            clinic_id=clinic_id,
+        )
+
+
+async def list_breaks(
+    pool: asyncpg.Pool,
+    *,
+    clinic_id: uuid.UUID,
+    practitioner_id: uuid.UUID,
+    start: datetime,
+    end: datetime,
+) -> list[BreakRead]:
+    """A practitioner's breaks touching [start, end)."""
+    async with pool.acquire() as conn:
+        await _require_practitioner(conn, clinic_id, practitioner_id)
+        rows = await store.list_breaks(conn, clinic_id, practitioner_id, start=start, end=end)
+    return [BreakRead.model_validate(dict(r)) for r in rows]
+
+
+# --- availability -----------------------------------------------------------------------------
+
+
+def unknown_service() -> ProblemError:
+    return ProblemError(
+        "No such active service in this clinic",
+        slug="unknown-service",
+        title="Unknown service",
+        status=422,
+        extra={"errors": [FieldError("service_id", "No such active service in this clinic")]},
+    )
+
+
+def service_not_offered() -> ProblemError:
+    return ProblemError(
+        "The practitioner does not offer this service",
+        slug="service-not-offered",
+        title="Service not offered",
+        status=422,
+        extra={"errors": [FieldError("practitioner_id", "Does not offer this service")]},
+    )
+
+
+async def calendars(
+    conn: Connection,
+    practitioner_ids: list[uuid.UUID],
+    rules: ClinicRules,
+    window: availability.Interval,
+    *,
+    except_booking: uuid.UUID | None = None,
+) -> list[availability.PractitionerCalendar]:
+    """Everything the availability search needs to know of these practitioners in the window."""
+    tz = rules.time_zone
+    first = window.start.astimezone(tz).date() - timedelta(days=1)
+    last = window.end.astimezone(tz).date() + timedelta(days=1)
+    hours: dict[uuid.UUID, list[availability.WorkingHours]] = defaultdict(list)
+    for r in await store.working_hours(conn, practitioner_ids):
+        hours[r["practitioner_id"]].append(
+            availability.WorkingHours(
+                r["weekday"], r["start"], r["end"], r["effective_from"], r["effective_to"]
+            )
+        )
+    published: dict[uuid.UUID, dict[date, list[availability.Interval]]] = defaultdict(dict)
+    for r in await store.published_days(conn, practitioner_ids, first, last):
+        day = published[r["practitioner_id"]].setdefault(r["day"], [])
+        if r["period"] is not None:
+            day.append(availability.Interval(r["period"].lower, r["period"].upper))
+    busy: dict[uuid.UUID, list[availability.Interval]] = defaultdict(list)
+    span = availability.Interval(window.start - timedelta(days=1), window.end + timedelta(days=1))
+    for r in await store.busy_periods(
+        conn, practitioner_ids, span.start, span.end, except_booking=except_booking
+    ):
+        busy[r["practitioner_id"]].append(availability.Interval(r["start"], r["end"]))
+    return [
+        availability.PractitionerCalendar(
+            practitioner_id=p,
+            working_hours=tuple(hours[p]),
+            published_days={d: tuple(v) for d, v in published[p].items()},
+            busy=tuple(busy[p]),
+        )
+        for p in practitioner_ids
+    ]
+
+
+def bookable(
+    cals: list[availability.PractitionerCalendar],
+    rules: ClinicRules,
+    window: availability.Interval,
+    duration: timedelta,
+    now: datetime,
+) -> list[availability.Slot]:
+    return availability.bookable_starts(
+        calendars=cals,
+        tz=rules.time_zone,
+        window=window,
+        duration=duration,
+        grid=timedelta(minutes=rules.slot_minutes),
+        not_before=now + timedelta(minutes=rules.min_lead_minutes),
+    )
+
+
+async def search(
+    pool: asyncpg.Pool,
+    directory: ClinicDirectory,
+    *,
+    clinic_id: uuid.UUID,
+    query: AvailabilityQuery,
+) -> Availability:
+    """Bookable starts for one service over up to 31 days, with their practitioner."""
+    if query.to <= query.from_:
+        raise ValidationProblem([FieldError("query.to", "Must be after from")])
+    if query.to - query.from_ > MAX_WINDOW:
+        raise ProblemError(
+            "The search window is longer than 31 days",
+            slug="window-too-long",
+            title="Window too long",
+            status=422,
+            extra={"errors": [FieldError("query.to", "At most 31 days after from")]},
+        )
+    rules = await directory.rules(clinic_id)
+    window = availability.Interval(query.from_, query.to)
+    async with pool.acquire() as conn:
+        service = await store.service_for_booking(conn, clinic_id, query.service_id)
+        if service is None or not service["active"]:
+            raise unknown_service()
+        offering = await store.practitioners_offering(conn, clinic_id, query.service_id)
+        if query.practitioner_id is not None:
+            if query.practitioner_id not in offering:
+                raise service_not_offered()
+            offering = [query.practitioner_id]
+        cals = await calendars(conn, offering, rules, window)
+    slots = bookable(
+        cals, rules, window, timedelta(minutes=service["duration_minutes"]), datetime.now(UTC)
+    )
+    return Availability(
+        service_id=query.service_id,
+        time_zone=rules.time_zone.key,
+        slots=[
+            AvailableSlot(start=s.start, end=s.end, practitioner_id=s.practitioner_id)
+            for s in slots
+        ],
+    )

@@ -1,0 +1,507 @@
+"""The rules of bookings: create (idempotent, never double-booked), reschedule, cancel, move
+along the life cycle, read and list; and the client search for vet-facing calls."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from services.bookings import availability, store
+from services.bookings.catalogue import page_after, page_cursor
+from services.bookings.directory import ClinicDirectory, ClinicRules
+from services.bookings.schedules import bookable, calendars, service_not_offered, unknown_service
+from services.bookings.schemas import (
+    BookingCancel,
+    BookingCreate,
+    BookingPage,
+    BookingQuery,
+    BookingRead,
+    BookingReschedule,
+    BookingStatusChange,
+    ClientPage,
+    ClientQuery,
+    ClientSummary,
+    PatientSummary,
+)
+from shared import events
+from shared.db import Connection
+from shared.errors import Conflict, FieldError, NotFound, ProblemError, ValidationProblem
+from shared.outbox import emit
+from shared.pagination import decode_cursor, encode_cursor
+
+LIVE = ("booked", "confirmed", "arrived")
+#: Validates a change against the locked row and returns the columns to set.
+Decision = Callable[[Connection, ClinicRules, asyncpg.Record], Awaitable[dict[str, Any]]]
+#: The life cycle: where each status may go next.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "booked": frozenset({"confirmed", "arrived", "cancelled", "no_show"}),
+    "confirmed": frozenset({"arrived", "cancelled", "no_show"}),
+    "arrived": frozenset({"completed"}),
+    "completed": frozenset(),
+    "cancelled": frozenset(),
+    "no_show": frozenset(),
+}
+
+
+def slot_taken() -> Conflict:
+    return Conflict(
+        "The practitioner already has a booking at that time",
+        slug="slot-taken",
+        title="Slot taken",
+    )
+
+
+def slot_unavailable() -> Conflict:
+    return Conflict(
+        "That start is not bookable: outside availability, off the slot grid, inside the lead "
+        "time, or already taken",
+        slug="slot-unavailable",
+        title="Slot unavailable",
+    )
+
+
+def slot_in_past() -> ProblemError:
+    return ProblemError(
+        "The booking would start in the past",
+        slug="slot-in-past",
+        title="Slot in the past",
+        status=422,
+        extra={"errors": [FieldError("body.start", "Lies in the past")]},
+    )
+
+
+def stale(version: int) -> ProblemError:
+    return ProblemError(
+        "The booking changed since you read it; read it again and retry",
+        slug="stale-booking",
+        title="Precondition failed",
+        status=412,
+        headers={"ETag": etag(version)},
+    )
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def check_if_match(if_match: str | None, version: int) -> None:
+    """``If-Match`` must name the current version when given; ``*`` matches any."""
+    if if_match is None:
+        return
+    candidates = {v.strip().removeprefix("W/") for v in if_match.split(",")}
+    if "*" not in candidates and etag(version) not in candidates:
+        raise stale(version)
+
+
+def request_hash(data: BookingCreate) -> bytes:
+    """What makes two create requests "the same body": their validated content."""
+    canonical = json.dumps(data.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).digest()
+
+
+def _event_data(booking: BookingRead) -> dict[str, Any]:
+    return booking.model_dump(mode="json", exclude={"external_id"})
+
+
+async def _read(
+    conn: Connection, clinic_id: uuid.UUID, booking_id: uuid.UUID, app_id: uuid.UUID, tz: Any
+) -> BookingRead:
+    row = await store.get_booking(conn, clinic_id, booking_id, app_id)
+    if row is None:
+        raise NotFound("No such booking in this clinic")
+    return to_read(row, tz)
+
+
+def to_read(row: asyncpg.Record, tz: Any) -> BookingRead:
+    values = dict(row)
+    values["start"] = values["start"].astimezone(tz)
+    values["end"] = values["end"].astimezone(tz)
+    return BookingRead.model_validate(values)
+
+
+async def _check_bookable(
+    conn: Connection,
+    rules: ClinicRules,
+    practitioner_id: uuid.UUID,
+    start: datetime,
+    duration: timedelta,
+    *,
+    except_booking: uuid.UUID | None = None,
+) -> None:
+    """The start must be one the availability search would offer right now."""
+    window = availability.Interval(start, start + timedelta(minutes=1))
+    cals = await calendars(conn, [practitioner_id], rules, window, except_booking=except_booking)
+    offered = bookable(cals, rules, window, duration, datetime.now(UTC))
+    if not any(slot.start == start for slot in offered):
+        raise slot_unavailable()
+
+
+async def _check_client(
+    conn: Connection, rules: ClinicRules, client_id: uuid.UUID, patient_id: uuid.UUID | None
+) -> None:
+    """A known client must belong to the clinic's group (unknown ones may not have arrived yet)."""
+    client = await store.client_group(conn, client_id)
+    if client is not None and (client["group_id"] != rules.group_id or client["erased"]):
+        raise ValidationProblem([FieldError("body.client_id", "No such client in this group")])
+    if patient_id is not None:
+        owner = await store.patient_owner(conn, patient_id)
+        if owner is not None and owner != client_id:
+            raise ValidationProblem([FieldError("body.patient_id", "Not a pet of this client")])
+
+
+async def _replay(
+    pool: asyncpg.Pool,
+    rules: ClinicRules,
+    *,
+    app_id: uuid.UUID,
+    key: str,
+    digest: bytes,
+) -> BookingRead | None:
+    async with pool.acquire() as conn:
+        previous = await store.booking_request(conn, app_id, rules.clinic_id, key)
+        if previous is None:
+            return None
+        if previous["request_hash"] != digest:
+            raise ProblemError(
+                "This Idempotency-Key was used with a different request body",
+                slug="idempotency-key-reused",
+                title="Idempotency key reused",
+                status=422,
+                extra={"errors": [FieldError("header.Idempotency-Key", "Used with another body")]},
+            )
+        return await _read(conn, rules.clinic_id, previous["booking_id"], app_id, rules.time_zone)
+
+
+async def create_booking(
+    pool: asyncpg.Pool,
+    directory: ClinicDirectory,
+    *,
+    clinic_id: uuid.UUID,
+    app_id: uuid.UUID,
+    data: BookingCreate,
+    idempotency_key: str | None,
+) -> tuple[BookingRead, bool]:
+    """Book a practitioner; the answer's flag is False when an earlier identical request is
+    replayed. The database refuses any overlap with a live booking."""
+    rules = await directory.rules(clinic_id)
+    digest = request_hash(data)
+    if idempotency_key is not None:
+        replayed = await _replay(pool, rules, app_id=app_id, key=idempotency_key, digest=digest)
+        if replayed is not None:
+            return replayed, False
+    if data.start <= datetime.now(UTC):
+        raise slot_in_past()
+    booking_id = uuid.uuid4()
+    async with pool.acquire() as conn:
+        try:
+            async with conn.transaction():
+                service = await store.service_for_booking(conn, clinic_id, data.service_id)
+                if service is None or not service["active"]:
+                    raise unknown_service()
+                practitioner = await store.practitioner_state(conn, clinic_id, data.practitioner_id)
+                if practitioner is None or not practitioner["active"]:
+                    raise ValidationProblem(
+                        [FieldError("body.practitioner_id", "No such active practitioner")]
+                    )
+                if not await store.offers(conn, data.service_id, data.practitioner_id):
+                    raise service_not_offered()
+                if data.client_id is not None:
+                    await _check_client(conn, rules, data.client_id, data.patient_id)
+                duration = timedelta(minutes=service["duration_minutes"])
+                end = data.end or data.start + duration
+                await store.lock_practitioner(conn, data.practitioner_id)
+                if not data.pushed:
+                    await _check_bookable(conn, rules, data.practitioner_id, data.start, duration)
+                await store.insert_booking(
+                    conn,
+                    booking_id,
+                    {
+                        **data.model_dump(exclude={"external_id", "prospect", "end", "start"}),
+                        "start": data.start,
+                        "end": end,
+                        "clinic_id": clinic_id,
+                        "application_id": app_id,
+                        "prospect": data.prospect.model_dump(mode="json")
+                        if data.prospect
+                        else None,
+                    },
+                )
+                if idempotency_key is not None:
+                    await store.insert_booking_request(
+                        conn, app_id, clinic_id, idempotency_key, digest, booking_id
+                    )
+                if data.external_id is not None:
+                    await _map_booking(conn, app_id, clinic_id, data.external_id, booking_id)
+                booking = await _read(conn, clinic_id, booking_id, app_id, rules.time_zone)
+                await emit(
+                    conn,
+                    events.BOOKING_CREATED,
+                    _event_data(booking),
+                    aggregate=f"booking:{booking_id}",
+                    clinic_id=clinic_id,
+                )
+        except asyncpg.ExclusionViolationError:
+            raise slot_taken() from None
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name != "booking_requests_pkey" or idempotency_key is None:
+                raise
+            # The same key raced us and won: answer as its replay.
+            replayed = await _replay(pool, rules, app_id=app_id, key=idempotency_key, digest=digest)
+            assert replayed is not None
+            return replayed, False
+    return booking, True
+
+
+async def _map_booking(
+    conn: Connection,
+    app_id: uuid.UUID,
+    clinic_id: uuid.UUID,
+    external_id: str,
+    booking_id: uuid.UUID,
+) -> None:
+    existing = await store.get_mapping(conn, app_id, clinic_id, "booking", external_id)
+    if existing is not None:
+        raise Conflict(
+            f"external_id {external_id!r} already maps to another booking",
+            slug="external-id-taken",
+            extra={"resource_id": str(existing["resource_id"])},
+        )
+    await store.put_mapping(conn, app_id, clinic_id, "booking", external_id, booking_id)
+
+
+async def get_booking(
+    pool: asyncpg.Pool,
+    directory: ClinicDirectory,
+    *,
+    clinic_id: uuid.UUID,
+    app_id: uuid.UUID,
+    booking_id: uuid.UUID,
+) -> BookingRead:
+    """One booking of the clinic."""
+    rules = await directory.rules(clinic_id)
+    async with pool.acquire() as conn:
+        return await _read(conn, clinic_id, booking_id, app_id, rules.time_zone)
+
+
+async def list_bookings(
+    pool: asyncpg.Pool,
+    directory: ClinicDirectory,
+    *,
+    clinic_id: uuid.UUID,
+    app_id: uuid.UUID,
+    query: BookingQuery,
+) -> BookingPage:
+    """Bookings by range, practitioner, status or the caller's id, in sync order."""
+    rules = await directory.rules(clinic_id)
+    async with pool.acquire() as conn:
+        rows = await store.list_bookings(
+            conn,
+            clinic_id,
+            app_id,
+            after=page_after(query.cursor),
+            start=query.from_,
+            end=query.to,
+            practitioner_id=query.practitioner_id,
+            status=query.status,
+            external_id=query.external_id,
+            updated_since=query.updated_since,
+            limit=query.limit + 1,
+        )
+    items = [to_read(r, rules.time_zone) for r in rows[: query.limit]]
+    return BookingPage(items=items, next_cursor=page_cursor(rows, query.limit))
+
+
+async def _change(
+    pool: asyncpg.Pool,
+    directory: ClinicDirectory,
+    *,
+    clinic_id: uuid.UUID,
+    app_id: uuid.UUID,
+    booking_id: uuid.UUID,
+    if_match: str | None,
+    event_type: str,
+    decide: Decision,
+) -> BookingRead:
+    """Lock the booking, check ``If-Match``, let ``decide`` validate and return the changes."""
+    rules = await directory.rules(clinic_id)
+    async with pool.acquire() as conn:
+        try:
+            async with conn.transaction():
+                row = await store.get_booking(conn, clinic_id, booking_id, app_id, for_update=True)
+                if row is None:
+                    raise NotFound("No such booking in this clinic")
+                check_if_match(if_match, row["version"])
+                changes = await decide(conn, rules, row)
+                await store.update_booking(conn, booking_id, changes)
+                booking = await _read(conn, clinic_id, booking_id, app_id, rules.time_zone)
+                await emit(
+                    conn,
+                    event_type,
+                    _event_data(booking),
+                    aggregate=f"booking:{booking_id}",
+                    clinic_id=clinic_id,
+                )
+        except asyncpg.ExclusionViolationError:
+            raise slot_taken() from None
+    return booking
+
+
+def _require_live(row: asyncpg.Record) -> None:
+    if row["status"] not in LIVE:
+        raise Conflict(
+            f"The booking is {row['status']}; it can no longer change",
+            slug="booking-closed",
+            title="Booking closed",
+        )
+
+
+async def reschedule(
+    pool: asyncpg.Pool,
+    directory: ClinicDirectory,
+    *,
+    clinic_id: uuid.UUID,
+    app_id: uuid.UUID,
+    booking_id: uuid.UUID,
+    data: BookingReschedule,
+    if_match: str | None,
+) -> BookingRead:
+    """Move a live booking to another start or practitioner; emits ``booking.rescheduled``."""
+    if data.start <= datetime.now(UTC):
+        raise slot_in_past()
+
+    async def decide(conn: Connection, rules: ClinicRules, row: asyncpg.Record) -> dict[str, Any]:
+        _require_live(row)
+        practitioner_id = data.practitioner_id or row["practitioner_id"]
+        if not await store.offers(conn, row["service_id"], practitioner_id):
+            raise service_not_offered()
+        duration = row["end"] - row["start"]
+        await store.lock_practitioner(conn, practitioner_id)
+        if not row["pushed"]:
+            await _check_bookable(
+                conn, rules, practitioner_id, data.start, duration, except_booking=booking_id
+            )
+        return {
+            "start": data.start,
+            "end": data.start + duration,
+            "practitioner_id": practitioner_id,
+        }
+
+    return await _change(
+        pool,
+        directory,
+        clinic_id=clinic_id,
+        app_id=app_id,
+        booking_id=booking_id,
+        if_match=if_match,
+        event_type=events.BOOKING_RESCHEDULED,
+        decide=decide,
+    )
+
+
+async def cancel(
+    pool: asyncpg.Pool,
+    directory: ClinicDirectory,
+    *,
+    clinic_id: uuid.UUID,
+    app_id: uuid.UUID,
+    booking_id: uuid.UUID,
+    data: BookingCancel,
+    if_match: str | None,
+) -> BookingRead:
+    """Cancel a booking with a reason; its time becomes free at once."""
+
+    async def decide(conn: Connection, rules: ClinicRules, row: asyncpg.Record) -> dict[str, Any]:
+        if "cancelled" not in TRANSITIONS[row["status"]]:
+            _require_live(row)
+            raise Conflict("An arrived booking cannot be cancelled", slug="invalid-transition")
+        return {"status": "cancelled", "cancel_reason": data.reason}
+
+    return await _change(
+        pool,
+        directory,
+        clinic_id=clinic_id,
+        app_id=app_id,
+        booking_id=booking_id,
+        if_match=if_match,
+        event_type=events.BOOKING_CANCELLED,
+        decide=decide,
+    )
+
+
+async def change_status(
+    pool: asyncpg.Pool,
+    directory: ClinicDirectory,
+    *,
+    clinic_id: uuid.UUID,
+    app_id: uuid.UUID,
+    booking_id: uuid.UUID,
+    data: BookingStatusChange,
+    if_match: str | None,
+) -> BookingRead:
+    """Move a booking along booked → confirmed → arrived → completed (or no-show)."""
+
+    async def decide(conn: Connection, rules: ClinicRules, row: asyncpg.Record) -> dict[str, Any]:
+        if data.status not in TRANSITIONS[row["status"]]:
+            raise Conflict(
+                f"A {row['status']} booking cannot become {data.status}",
+                slug="invalid-transition",
+                title="Invalid status change",
+                extra={"allowed": sorted(TRANSITIONS[row["status"]])},
+            )
+        return {"status": data.status}
+
+    return await _change(
+        pool,
+        directory,
+        clinic_id=clinic_id,
+        app_id=app_id,
+        booking_id=booking_id,
+        if_match=if_match,
+        event_type=events.BOOKING_STATUS_CHANGED,
+        decide=decide,
+    )
+
+
+# --- client search ----------------------------------------------------------------------------
+
+
+def search_text(*parts: str | None) -> str:
+    """What client search matches against: lower-cased names, e-mail and phone digits."""
+    return " ".join(p.casefold() for p in parts if p)
+
+
+async def search_clients(
+    pool: asyncpg.Pool, directory: ClinicDirectory, *, clinic_id: uuid.UUID, query: ClientQuery
+) -> ClientPage:
+    """Clients of the clinic's group whose name, e-mail or phone contains ``q``."""
+    rules = await directory.rules(clinic_id)
+    key = decode_cursor(query.cursor, 1)
+    try:
+        after = uuid.UUID(key[0]) if key else None
+    except ValueError:
+        raise ValidationProblem(
+            [FieldError("query.cursor", "Unknown or malformed cursor")]
+        ) from None
+    needle = query.q.casefold().replace("%", "").replace("_", "")
+    async with pool.acquire() as conn:
+        rows = await store.search_clients(
+            conn, rules.group_id, needle, after=after, limit=query.limit + 1
+        )
+    items = [
+        ClientSummary(
+            id=r["id"],
+            display_name=r["display_name"],
+            email=r["email"],
+            phone=r["phone"],
+            patients=[PatientSummary.model_validate(p) for p in r["patients"]],
+        )
+        for r in rows[: query.limit]
+    ]
+    cursor = encode_cursor(items[-1].id) if len(rows) > query.limit else None
+    return ClientPage(items=items, next_cursor=cursor)
