@@ -26,6 +26,7 @@ from aiohttp.test_utils import TestServer
 from services.auth.app import create_app as create_auth_app
 from services.auth.settings import AuthSettings
 from services.scratch import scratch_database
+from shared import migrations
 from shared.api import Api
 from shared.broker import broker_ctx
 from shared.db import create_pool
@@ -46,6 +47,17 @@ def amqp_url() -> str:
 async def database_url() -> AsyncIterator[str]:
     async with scratch_database("vetgate_test", RUN_ID) as dsn:
         yield dsn
+
+
+async def private_schema_pool(database_url: str, schema: str) -> asyncpg.Pool:
+    """A pool on a schema of its own with the platform tables (outbox, processed events), so
+    that no running service's relay or consumer touches what a test writes there."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await migrations.apply(conn, schema, migrations.load(migrations.SHARED_DIR, "shared/"))
+    finally:
+        await conn.close()
+    return await create_pool(database_url, schema=schema, min_size=1, max_size=8)
 
 
 def service_overrides(database_url: str, amqp_url: str) -> dict[str, Any]:

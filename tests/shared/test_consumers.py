@@ -16,10 +16,10 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from shared.broker import Broker
 from shared.consumers import EventHandler, idempotent_handler
-from shared.db import create_pool
 from shared.events import Event
+from tests.conftest import private_schema_pool
 
-SCHEMA = "registrations"
+SCHEMA = "consumers_test"
 EFFECTS = f"consumer_effects_{uuid.uuid4().hex[:8]}"
 
 
@@ -58,7 +58,7 @@ class Subscription:
 
 @pytest.fixture(scope="module")
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, schema=SCHEMA, min_size=1, max_size=6)
+    pool = await private_schema_pool(database_url, SCHEMA)
     await pool.execute(
         f"CREATE TABLE {EFFECTS} (event_id uuid NOT NULL, consumer text NOT NULL, note text)"
     )

@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from shared.db import create_pool
 from shared.housekeeping import retention_purges, run_purges
+from tests.conftest import private_schema_pool
 
 
 @pytest.fixture
 async def callbacks_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, schema="callbacks", min_size=1, max_size=2)
+    pool = await private_schema_pool(database_url, "housekeeping_test")
     yield pool
     await pool.close()
 

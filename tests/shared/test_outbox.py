@@ -22,11 +22,11 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from shared.broker import Broker, BrokerUnavailable
-from shared.db import create_pool
 from shared.events import Event
 from shared.outbox import NOTIFY_CHANNEL, OutboxRelay, emit
+from tests.conftest import private_schema_pool
 
-SCHEMA = "bookings"
+SCHEMA = "outbox_test"
 DEAD_BROKER_URL = "amqp://guest:guest@127.0.0.1:1/"
 ENVELOPE_KEYS = {"id", "type", "occurred_at", "clinic_id", "sequence", "data"}
 
@@ -126,7 +126,7 @@ class DroppingBroker(Broker):
 
 @pytest.fixture(scope="module")
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, schema=SCHEMA, min_size=1, max_size=8)
+    pool = await private_schema_pool(database_url, SCHEMA)
     yield pool
     await pool.close()
 
