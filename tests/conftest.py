@@ -36,6 +36,8 @@ from shared.web import base_app
 
 ADMIN_TOKEN = "test-admin-" + secrets.token_hex(16)
 RUN_ID = secrets.token_hex(4)
+#: Durable queues the services declare, by name after the queue prefix.
+SERVICE_QUEUES = ("bookings.projections",)
 
 
 @pytest.fixture(scope="session")
@@ -79,11 +81,15 @@ def service_overrides(database_url: str, amqp_url: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="session", autouse=True)
 async def _remove_run_exchanges(amqp_url: str) -> AsyncIterator[None]:
-    """The run's exchanges go when the run ends, so test runs leave the broker as it was."""
+    """The run's exchanges and service queues go when the run ends, so test runs leave the
+    broker as they found it."""
     yield
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
+        for queue in SERVICE_QUEUES:
+            for name in (f"vetgate-test-{RUN_ID}.{queue}", f"vetgate-test-{RUN_ID}.{queue}.dead"):
+                await channel.queue_delete(name)
         for name in (f"vetgate.test.{RUN_ID}", f"vetgate.test.{RUN_ID}.dlx"):
             await channel.exchange_delete(name)
 

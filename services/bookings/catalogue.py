@@ -53,6 +53,10 @@ _KINDS: dict[str, tuple[store.Kind, ReadModel, str, str]] = {
 }
 
 
+#: Fields a PATCH may set to null ("any species"); null for any other field is refused.
+_NULLABLE = frozenset({"species"})
+
+
 def page_after(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
     """The (updated_at, id) sort key a cursor holds; 422 on the cursor if it holds junk."""
     key = decode_cursor(cursor, 2)
@@ -87,14 +91,15 @@ async def _put_external_id(
     resource_id: uuid.UUID,
 ) -> None:
     """Map a new resource to the caller's id; an id already mapped elsewhere is a conflict."""
-    existing = await store.get_mapping(conn, app_id, clinic_id, resource_type, external_id)
-    if existing is not None and existing["resource_id"] != resource_id:
+    taken = await store.insert_mapping(
+        conn, app_id, clinic_id, resource_type, external_id, resource_id
+    )
+    if taken is not None:
         raise Conflict(
             f"external_id {external_id!r} already maps to another {resource_type}",
             slug="external-id-taken",
-            extra={"resource_id": str(existing["resource_id"])},
+            extra={"resource_id": str(taken)},
         )
-    await store.put_mapping(conn, app_id, clinic_id, resource_type, external_id, resource_id)
 
 
 def _unknown_practitioners(exc: asyncpg.ForeignKeyViolationError) -> ValidationProblem:
@@ -156,6 +161,9 @@ async def update_resource(
     """Change (or deactivate, with ``active: false``) a practitioner, service or insurance."""
     kind, read, _, updated_type = _KINDS[resource_type]
     changes = data.model_dump(exclude_unset=True, exclude={"practitioner_ids"})
+    nulls = [name for name, value in changes.items() if value is None and name not in _NULLABLE]
+    if nulls:
+        raise ValidationProblem([FieldError(f"body.{name}", "May not be null") for name in nulls])
     async with pool.acquire() as conn:
         try:
             async with conn.transaction():

@@ -35,7 +35,9 @@ async def handle_client_changed(event: Event, conn: Connection) -> None:
             "display_name": f"{client.first_name} {client.last_name}",
             "email": client.email,
             "phone": client.phone,
-            "search": search_text(client.first_name, client.last_name, client.email, client.phone),
+            "search": search_text(
+                client.first_name, client.last_name, client.email, phone=client.phone
+            ),
             "updated_at": client.changed_at,
         },
     )

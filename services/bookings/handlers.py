@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from services.bookings import catalogue, schedules, service
 from services.bookings.keys import DIRECTORY
@@ -33,7 +34,7 @@ from shared.errors import FieldError, ValidationProblem
 from shared.keys import DB_POOL
 from shared.scopes import BOOKINGS_READ, BOOKINGS_WRITE, CLIENTS_READ
 from shared.tokens import PRINCIPAL, requires
-from shared.web import json_model, parse_body, parse_model, parse_query
+from shared.web import json_model, parse_body, parse_query
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RESOURCE_TYPES = ("practitioner", "service", "insurance", "client", "patient", "booking")
@@ -55,8 +56,12 @@ def _app(request: web.Request) -> uuid.UUID:
 
 
 def _day(request: web.Request) -> date:
+    value = request.match_info["date"]
     try:
-        return date.fromisoformat(request.match_info["date"])
+        # fromisoformat also takes 20270328 and 2027-W12-7: one day, one URL.
+        if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+            raise ValueError(value)
+        return date.fromisoformat(value)
     except ValueError:
         raise ValidationProblem([FieldError("path.date", "Not a date (YYYY-MM-DD)")]) from None
 
@@ -313,6 +318,7 @@ async def create_break(request: web.Request) -> web.Response:
 async def delete_break(request: web.Request) -> web.Response:
     await schedules.delete_break(
         request.app[DB_POOL],
+        request.app[DIRECTORY],
         clinic_id=_clinic(request),
         practitioner_id=_uuid(request, "practitioner_id"),
         break_id=_uuid(request, "break_id"),
@@ -320,15 +326,33 @@ async def delete_break(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+def _breaks_window(request: web.Request) -> TimeRange:
+    """``from`` and ``to`` as a range; errors name the query parameters, not the model's fields."""
+    try:
+        return TimeRange.model_validate(
+            {"start": request.query.get("from"), "end": request.query.get("to")}
+        )
+    except ValidationError as exc:
+        # The range's own check (end after start) has no location: it is the ``to`` that is wrong.
+        fields: dict[tuple[int | str, ...], str] = {
+            ("start",): "query.from",
+            ("end",): "query.to",
+            (): "query.to",
+        }
+        raise ValidationProblem(
+            [
+                FieldError(fields.get(tuple(e["loc"]), "query"), e["msg"])
+                for e in exc.errors(include_url=False)
+            ]
+        ) from None
+
+
 @requires(BOOKINGS_READ)
 async def list_breaks(request: web.Request) -> web.Response:
-    span = parse_model(
-        TimeRange,
-        {"start": request.query.get("from"), "end": request.query.get("to")},
-        "query",
-    )
+    span = _breaks_window(request)
     items = await schedules.list_breaks(
         request.app[DB_POOL],
+        request.app[DIRECTORY],
         clinic_id=_clinic(request),
         practitioner_id=_uuid(request, "practitioner_id"),
         start=span.start,

@@ -95,20 +95,24 @@ def _slots_within_day(
     data: SlotsPut, day: date, rules: ClinicRules
 ) -> list[tuple[datetime, datetime]]:
     bounds = availability.local_day_bounds(day, rules.time_zone)
-    periods = sorted((s.start.astimezone(UTC), s.end.astimezone(UTC)) for s in data.slots)
+    # Sorted by time but remembering each slot's index in the request, which errors must name.
+    indexed = sorted(
+        (s.start.astimezone(UTC), s.end.astimezone(UTC), i) for i, s in enumerate(data.slots)
+    )
     errors = [
         FieldError(f"body.slots.{i}", f"Lies outside {day.isoformat()} in {rules.time_zone.key}")
-        for i, (start, end) in enumerate(periods)
+        for start, end, i in sorted(indexed, key=lambda p: p[2])
         if start < bounds.start or end > bounds.end
     ]
-    errors += [
-        FieldError(f"body.slots.{i + 1}", "Overlaps the slot before it")
-        for i in range(len(periods) - 1)
-        if periods[i + 1][0] < periods[i][1]
-    ]
+    # Against the latest end so far, not just the previous slot's: a long slot may cover several.
+    latest_end: datetime | None = None
+    for start, end, i in indexed:
+        if latest_end is not None and start < latest_end:
+            errors.append(FieldError(f"body.slots.{i}", "Overlaps another slot"))
+        latest_end = end if latest_end is None else max(latest_end, end)
     if errors:
         raise ValidationProblem(errors)
-    return periods
+    return [(start, end) for start, end, _ in indexed]
 
 
 async def replace_day(
@@ -179,6 +183,13 @@ async def get_day(
 # --- breaks -----------------------------------------------------------------------------------
 
 
+def _break_read(row: asyncpg.Record, rules: ClinicRules) -> BreakRead:
+    values = dict(row)
+    values["start"] = values["start"].astimezone(rules.time_zone)
+    values["end"] = values["end"].astimezone(rules.time_zone)
+    return BreakRead.model_validate(values)
+
+
 async def create_break(
     pool: asyncpg.Pool,
     directory: ClinicDirectory,
@@ -188,7 +199,7 @@ async def create_break(
     data: BreakCreate,
 ) -> BreakRead:
     """Block time; refused with 409 naming the live bookings it would cover."""
-    await directory.rules(clinic_id)
+    rules = await directory.rules(clinic_id)
     async with pool.acquire() as conn, conn.transaction():
         await _require_practitioner(conn, clinic_id, practitioner_id)
         # Bookings take the same lock, so none can slip in between the check and the insert.
@@ -205,7 +216,7 @@ async def create_break(
         row = await store.insert_break(
             conn, uuid.uuid4(), clinic_id, practitioner_id, data.start, data.end, data.reason
         )
-        read = BreakRead.model_validate(dict(row))
+        read = _break_read(row, rules)
         await emit(
             conn,
             events.BREAK_CREATED,
@@ -217,9 +228,15 @@ async def create_break(
 
 
 async def delete_break(
-    pool: asyncpg.Pool, *, clinic_id: uuid.UUID, practitioner_id: uuid.UUID, break_id: uuid.UUID
+    pool: asyncpg.Pool,
+    directory: ClinicDirectory,
+    *,
+    clinic_id: uuid.UUID,
+    practitioner_id: uuid.UUID,
+    break_id: uuid.UUID,
 ) -> None:
     """Remove a break; publishes ``break.deleted``."""
+    rules = await directory.rules(clinic_id)
     async with pool.acquire() as conn, conn.transaction():
         row = await store.delete_break(conn, clinic_id, practitioner_id, break_id)
         if row is None:
@@ -227,7 +244,7 @@ async def delete_break(
         await emit(
             conn,
             events.BREAK_DELETED,
-            BreakRead.model_validate(dict(row)).model_dump(mode="json"),
+            _break_read(row, rules).model_dump(mode="json"),
             aggregate=f"break:{break_id}",
             clinic_id=clinic_id,
         )
@@ -235,6 +252,7 @@ async def delete_break(
 
 async def list_breaks(
     pool: asyncpg.Pool,
+    directory: ClinicDirectory,
     *,
     clinic_id: uuid.UUID,
     practitioner_id: uuid.UUID,
@@ -245,29 +263,31 @@ async def list_breaks(
     async with pool.acquire() as conn:
         await _require_practitioner(conn, clinic_id, practitioner_id)
         rows = await store.list_breaks(conn, clinic_id, practitioner_id, start=start, end=end)
-    return [BreakRead.model_validate(dict(r)) for r in rows]
+    rules = await directory.rules(clinic_id)
+    return [_break_read(r, rules) for r in rows]
 
 
 # --- availability -----------------------------------------------------------------------------
 
 
-def unknown_service() -> ProblemError:
+def unknown_service(field: str = "service_id") -> ProblemError:
+    """``field`` names where the id was given, as every other error does: ``query.service_id``."""
     return ProblemError(
         "No such active service in this clinic",
         slug="unknown-service",
         title="Unknown service",
         status=422,
-        extra={"errors": [FieldError("service_id", "No such active service in this clinic")]},
+        extra={"errors": [FieldError(field, "No such active service in this clinic")]},
     )
 
 
-def service_not_offered() -> ProblemError:
+def service_not_offered(field: str = "practitioner_id") -> ProblemError:
     return ProblemError(
         "The practitioner does not offer this service",
         slug="service-not-offered",
         title="Service not offered",
         status=422,
-        extra={"errors": [FieldError("practitioner_id", "Does not offer this service")]},
+        extra={"errors": [FieldError(field, "Does not offer this service")]},
     )
 
 
@@ -352,11 +372,11 @@ async def search(
     async with pool.acquire() as conn:
         service = await store.service_for_booking(conn, clinic_id, query.service_id)
         if service is None or not service["active"]:
-            raise unknown_service()
+            raise unknown_service("query.service_id")
         offering = await store.practitioners_offering(conn, clinic_id, query.service_id)
         if query.practitioner_id is not None:
             if query.practitioner_id not in offering:
-                raise service_not_offered()
+                raise service_not_offered("query.practitioner_id")
             offering = [query.practitioner_id]
         cals = await calendars(conn, offering, rules, window)
     slots = bookable(

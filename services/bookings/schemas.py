@@ -12,6 +12,8 @@ from pydantic import (
     Field,
     PlainSerializer,
     StringConstraints,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -30,6 +32,13 @@ Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)]
 
 def _iso(moment: datetime) -> str:
     return moment.isoformat()
+
+
+def _after(value: datetime, info: ValidationInfo) -> datetime:
+    start = info.data.get("start")
+    if start is not None and value <= start:
+        raise ValueError("end must be after start")
+    return value
 
 
 class _Input(BaseModel):
@@ -190,15 +199,29 @@ class WorkingHoursRule(_Input):
     effective_from: date
     effective_to: date | None = None
 
-    @model_validator(mode="after")
-    def _ordered(self) -> WorkingHoursRule:
-        if self.start.tzinfo is not None or self.end.tzinfo is not None:
+    # Field validators (not a model validator) so that each error names its own field.
+    @field_validator("start", "end")
+    @classmethod
+    def _local(cls, value: time) -> time:
+        if value.tzinfo is not None:
             raise ValueError("working hours are local clinic times, without an offset")
-        if self.end <= self.start:
+        return value
+
+    @field_validator("end")
+    @classmethod
+    def _after_start(cls, value: time, info: ValidationInfo) -> time:
+        start = info.data.get("start")
+        if start is not None and value <= start:
             raise ValueError("end must be after start")
-        if self.effective_to is not None and self.effective_to < self.effective_from:
+        return value
+
+    @field_validator("effective_to")
+    @classmethod
+    def _not_before_from(cls, value: date | None, info: ValidationInfo) -> date | None:
+        first = info.data.get("effective_from")
+        if value is not None and first is not None and value < first:
             raise ValueError("effective_to must not be before effective_from")
-        return self
+        return value
 
 
 class WorkingHoursPut(_Input):
@@ -214,11 +237,10 @@ class TimeRange(_Input):
     start: Annotated[AwareDatetime, PlainSerializer(_iso, return_type=str, when_used="json")]
     end: Annotated[AwareDatetime, PlainSerializer(_iso, return_type=str, when_used="json")]
 
-    @model_validator(mode="after")
-    def _ordered(self) -> TimeRange:
-        if self.end <= self.start:
-            raise ValueError("end must be after start")
-        return self
+    @field_validator("end")
+    @classmethod
+    def _end_after_start(cls, value: datetime, info: ValidationInfo) -> datetime:
+        return _after(value, info)
 
 
 class SlotsPut(_Input):
@@ -239,11 +261,10 @@ class BreakCreate(_Input):
     end: AwareDatetime
     reason: Text | None = None
 
-    @model_validator(mode="after")
-    def _ordered(self) -> BreakCreate:
-        if self.end <= self.start:
-            raise ValueError("end must be after start")
-        return self
+    @field_validator("end")
+    @classmethod
+    def _end_after_start(cls, value: datetime, info: ValidationInfo) -> datetime:
+        return _after(value, info)
 
 
 class BreakRead(BaseModel):

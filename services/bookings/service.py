@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -198,6 +199,7 @@ async def create_booking(
     if data.start <= datetime.now(UTC):
         raise slot_in_past()
     booking_id = uuid.uuid4()
+    refusal: ProblemError | None = None
     async with pool.acquire() as conn:
         try:
             async with conn.transaction():
@@ -247,15 +249,34 @@ async def create_booking(
                     clinic_id=clinic_id,
                 )
         except asyncpg.ExclusionViolationError:
-            raise slot_taken() from None
+            refusal = slot_taken()
+        except Conflict as exc:
+            refusal = exc
         except asyncpg.UniqueViolationError as exc:
-            if exc.constraint_name != "booking_requests_pkey" or idempotency_key is None:
+            if exc.constraint_name == "mappings_pkey" and data.external_id is not None:
+                refusal = external_id_taken(data.external_id)
+            elif exc.constraint_name == "booking_requests_pkey" and idempotency_key is not None:
+                refusal = Conflict("A request with this Idempotency-Key was made meanwhile")
+            else:
                 raise
-            # The same key raced us and won: answer as its replay.
-            replayed = await _replay(pool, rules, app_id=app_id, key=idempotency_key, digest=digest)
-            assert replayed is not None
+    if refusal is None:
+        return booking, True
+    if idempotency_key is not None:
+        # A request with the same key may have raced us and won (it took the slot, or the key):
+        # answer as its replay. Asked only now, with the connection back in the pool, so that
+        # many such requests can never hold every connection while each waits for another.
+        replayed = await _replay(pool, rules, app_id=app_id, key=idempotency_key, digest=digest)
+        if replayed is not None:
             return replayed, False
-    return booking, True
+    raise refusal
+
+
+def external_id_taken(external_id: str, resource_id: uuid.UUID | None = None) -> Conflict:
+    return Conflict(
+        f"external_id {external_id!r} already maps to another booking",
+        slug="external-id-taken",
+        extra={"resource_id": str(resource_id)} if resource_id is not None else None,
+    )
 
 
 async def _map_booking(
@@ -267,11 +288,7 @@ async def _map_booking(
 ) -> None:
     existing = await store.get_mapping(conn, app_id, clinic_id, "booking", external_id)
     if existing is not None:
-        raise Conflict(
-            f"external_id {external_id!r} already maps to another booking",
-            slug="external-id-taken",
-            extra={"resource_id": str(existing["resource_id"])},
-        )
+        raise external_id_taken(external_id, existing["resource_id"])
     await store.put_mapping(conn, app_id, clinic_id, "booking", external_id, booking_id)
 
 
@@ -378,6 +395,12 @@ async def reschedule(
     async def decide(conn: Connection, rules: ClinicRules, row: asyncpg.Record) -> dict[str, Any]:
         _require_live(row)
         practitioner_id = data.practitioner_id or row["practitioner_id"]
+        if practitioner_id != row["practitioner_id"]:
+            state = await store.practitioner_state(conn, clinic_id, practitioner_id)
+            if state is None or not state["active"]:
+                raise ValidationProblem(
+                    [FieldError("body.practitioner_id", "No such active practitioner")]
+                )
         if not await store.offers(conn, row["service_id"], practitioner_id):
             raise service_not_offered()
         duration = row["end"] - row["start"]
@@ -447,6 +470,7 @@ async def change_status(
     """Move a booking along booked → confirmed → arrived → completed (or no-show)."""
 
     async def decide(conn: Connection, rules: ClinicRules, row: asyncpg.Record) -> dict[str, Any]:
+        _require_live(row)
         if data.status not in TRANSITIONS[row["status"]]:
             raise Conflict(
                 f"A {row['status']} booking cannot become {data.status}",
@@ -471,9 +495,27 @@ async def change_status(
 # --- client search ----------------------------------------------------------------------------
 
 
-def search_text(*parts: str | None) -> str:
+def search_text(*parts: str | None, phone: str | None = None) -> str:
     """What client search matches against: lower-cased names, e-mail and phone digits."""
-    return " ".join(p.casefold() for p in parts if p)
+    words = [p.casefold() for p in (*parts, phone) if p]
+    digits = _digits(phone)
+    if digits:
+        words.append(digits)
+    return " ".join(words)
+
+
+def _digits(text: str | None) -> str:
+    return "".join(ch for ch in text or "" if ch.isdigit())
+
+
+_PHONE_LIKE = re.compile(r"[\d\s+()./-]+")
+
+
+def search_needle(q: str) -> str:
+    """``q`` as a LIKE pattern body: a phone number as its digits, wildcards matched literally."""
+    if _PHONE_LIKE.fullmatch(q) and len(_digits(q)) >= 2:
+        return _digits(q)
+    return q.casefold().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 async def search_clients(
@@ -488,7 +530,7 @@ async def search_clients(
         raise ValidationProblem(
             [FieldError("query.cursor", "Unknown or malformed cursor")]
         ) from None
-    needle = query.q.casefold().replace("%", "").replace("_", "")
+    needle = search_needle(query.q)
     async with pool.acquire() as conn:
         rows = await store.search_clients(
             conn, rules.group_id, needle, after=after, limit=query.limit + 1

@@ -285,6 +285,41 @@ async def put_mapping(
     return row, bool(row["created"])
 
 
+async def insert_mapping(
+    conn: Connection,
+    app_id: uuid.UUID,
+    clinic_id: uuid.UUID,
+    resource_type: str,
+    external_id: str,
+    resource_id: uuid.UUID,
+) -> uuid.UUID | None:
+    """Map a new resource unless the external id is taken: None, or the resource it maps to.
+
+    Never repoints: of two transactions creating resources with the same external id, the later
+    one waits for the earlier, then finds the id taken (``put_mapping`` would steal it).
+    """
+    while True:
+        if await conn.fetchval(
+            """
+            INSERT INTO mappings
+                (application_id, clinic_id, resource_type, external_id, resource_id)
+            VALUES ($1, $2, $3, $4, $5)
+            ON CONFLICT (application_id, clinic_id, resource_type, external_id) DO NOTHING
+            RETURNING true
+            """,
+            app_id,
+            clinic_id,
+            resource_type,
+            external_id,
+            resource_id,
+        ):
+            return None
+        taken = await get_mapping(conn, app_id, clinic_id, resource_type, external_id)
+        if taken is not None:  # else forgotten in between: try again
+            resource: uuid.UUID = taken["resource_id"]
+            return resource
+
+
 async def get_mapping(
     conn: Connection, app_id: uuid.UUID, clinic_id: uuid.UUID, resource_type: str, external_id: str
 ) -> Record | None:
