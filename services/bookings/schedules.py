@@ -270,7 +270,7 @@ async def list_breaks(
 # --- availability -----------------------------------------------------------------------------
 
 
-def unknown_service(field: str = "service_id") -> ProblemError:
+def unknown_service(field: str) -> ProblemError:
     """``field`` names where the id was given, as every other error does: ``query.service_id``."""
     return ProblemError(
         "No such active service in this clinic",
@@ -281,7 +281,7 @@ def unknown_service(field: str = "service_id") -> ProblemError:
     )
 
 
-def service_not_offered(field: str = "practitioner_id") -> ProblemError:
+def service_not_offered(field: str) -> ProblemError:
     return ProblemError(
         "The practitioner does not offer this service",
         slug="service-not-offered",

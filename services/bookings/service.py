@@ -205,14 +205,14 @@ async def create_booking(
             async with conn.transaction():
                 service = await store.service_for_booking(conn, clinic_id, data.service_id)
                 if service is None or not service["active"]:
-                    raise unknown_service()
+                    raise unknown_service("body.service_id")
                 practitioner = await store.practitioner_state(conn, clinic_id, data.practitioner_id)
                 if practitioner is None or not practitioner["active"]:
                     raise ValidationProblem(
                         [FieldError("body.practitioner_id", "No such active practitioner")]
                     )
                 if not await store.offers(conn, data.service_id, data.practitioner_id):
-                    raise service_not_offered()
+                    raise service_not_offered("body.practitioner_id")
                 if data.client_id is not None:
                     await _check_client(conn, rules, data.client_id, data.patient_id)
                 duration = timedelta(minutes=service["duration_minutes"])
@@ -253,12 +253,9 @@ async def create_booking(
         except Conflict as exc:
             refusal = exc
         except asyncpg.UniqueViolationError as exc:
-            if exc.constraint_name == "mappings_pkey" and data.external_id is not None:
-                refusal = external_id_taken(data.external_id)
-            elif exc.constraint_name == "booking_requests_pkey" and idempotency_key is not None:
-                refusal = Conflict("A request with this Idempotency-Key was made meanwhile")
-            else:
+            if exc.constraint_name != "booking_requests_pkey" or idempotency_key is None:
                 raise
+            refusal = Conflict("A request with this Idempotency-Key was made meanwhile")
     if refusal is None:
         return booking, True
     if idempotency_key is not None:
@@ -271,11 +268,11 @@ async def create_booking(
     raise refusal
 
 
-def external_id_taken(external_id: str, resource_id: uuid.UUID | None = None) -> Conflict:
+def external_id_taken(external_id: str, resource_id: uuid.UUID) -> Conflict:
     return Conflict(
         f"external_id {external_id!r} already maps to another booking",
         slug="external-id-taken",
-        extra={"resource_id": str(resource_id)} if resource_id is not None else None,
+        extra={"resource_id": str(resource_id)},
     )
 
 
@@ -286,10 +283,10 @@ async def _map_booking(
     external_id: str,
     booking_id: uuid.UUID,
 ) -> None:
-    existing = await store.get_mapping(conn, app_id, clinic_id, "booking", external_id)
-    if existing is not None:
-        raise external_id_taken(external_id, existing["resource_id"])
-    await store.put_mapping(conn, app_id, clinic_id, "booking", external_id, booking_id)
+    # Never repoints: a create racing ours with the same external id waits, then finds it taken.
+    taken = await store.insert_mapping(conn, app_id, clinic_id, "booking", external_id, booking_id)
+    if taken is not None:
+        raise external_id_taken(external_id, taken)
 
 
 async def get_booking(
@@ -402,7 +399,7 @@ async def reschedule(
                     [FieldError("body.practitioner_id", "No such active practitioner")]
                 )
         if not await store.offers(conn, row["service_id"], practitioner_id):
-            raise service_not_offered()
+            raise service_not_offered("body.practitioner_id")
         duration = row["end"] - row["start"]
         await store.lock_practitioner(conn, practitioner_id)
         if not row["pushed"]:
