@@ -154,6 +154,7 @@ async def up() -> None:
     if runner.done():
         await runner
     base = credentials["base_url"]
+    services = ", ".join(f"{k} {v}" for k, v in credentials["service_ids"].items())
     print(
         f"""
 Vetgate is running.
@@ -168,6 +169,8 @@ Sandbox credentials
   clinic_id         {credentials["clinic_id"]}
   group_id          {credentials["group_id"]}
   staff user        {credentials["staff_username"]} / {credentials["staff_password"]}
+  practitioners     {", ".join(credentials["practitioner_ids"])}
+  services          {services}
 
 Try:
   curl -s -u {credentials["client_id"]}:{credentials["client_secret"]} \\

@@ -9,13 +9,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
+from datetime import date
 from typing import Any
 
 import asyncpg
 
 from services.auth import crypto, store
 from services.auth.settings import AuthSettings
+from services.bookings import store as bookings_store
 from shared import scopes
+from shared.db import create_pool
 
 _NS = uuid.UUID("6b1f4c52-8f0e-4d6b-9a53-0c1f2a3b4c5d")
 GROUP_ID = uuid.uuid5(_NS, "sandbox-group")
@@ -24,6 +27,10 @@ PARTNER_ID = uuid.uuid5(_NS, "sandbox-partner")
 APPLICATION_ID = uuid.uuid5(_NS, "sandbox-application")
 STAFF_USER_ID = uuid.uuid5(_NS, "sandbox-staff-user")
 GRANT_ID = uuid.uuid5(_NS, "sandbox-grant")
+VET_ID = uuid.uuid5(_NS, "sandbox-vet")
+NURSE_ID = uuid.uuid5(_NS, "sandbox-nurse")
+CONSULTATION_ID = uuid.uuid5(_NS, "sandbox-consultation")
+VACCINATION_ID = uuid.uuid5(_NS, "sandbox-vaccination")
 CLIENT_ID = "vgsbx_sandbox0000000000000001"
 STAFF_USERNAME = "sandbox.vet"
 
@@ -54,6 +61,7 @@ async def seed(pool: asyncpg.Pool, settings: AuthSettings) -> dict[str, Any]:
             staff_username=STAFF_USERNAME,
             password_hash=password_hash,
         )
+    await _seed_bookings(settings.database_url)
     return {
         "base_url": settings.issuer.rstrip("/"),
         "token_url": settings.issuer.rstrip("/") + "/oauth/token",
@@ -64,4 +72,28 @@ async def seed(pool: asyncpg.Pool, settings: AuthSettings) -> dict[str, Any]:
         "scopes": sorted(scopes.CLINIC_SCOPES | scopes.APPLICATION_SCOPES),
         "staff_username": STAFF_USERNAME,
         "staff_password": staff_password,
+        "practitioner_ids": [str(VET_ID), str(NURSE_ID)],
+        "service_ids": {"consultation": str(CONSULTATION_ID), "vaccination": str(VACCINATION_ID)},
     }
+
+
+async def _seed_bookings(database_url: str) -> None:
+    """Two practitioners offering two services, Monday to Friday 09:00-17:00 London time."""
+    pool = await create_pool(database_url, schema="bookings", min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await bookings_store.upsert_sandbox_catalogue(
+                conn,
+                clinic_id=CLINIC_ID,
+                group_id=GROUP_ID,
+                time_zone="Europe/London",
+                practitioners=[(VET_ID, "Dr Sandra Box", "vet"), (NURSE_ID, "Sam Box", "nurse")],
+                services=[
+                    (CONSULTATION_ID, "Consultation", 30),
+                    (VACCINATION_ID, "Vaccination", 15),
+                ],
+                weekly_hours=[(day, "09:00", "17:00") for day in range(5)],
+                effective_from=date(2026, 1, 1),
+            )
+    finally:
+        await pool.close()

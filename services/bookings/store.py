@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, time
 from typing import Any
 
 from asyncpg import Range
@@ -848,3 +848,56 @@ async def search_clients(
         after,
         limit,
     )
+
+
+# --- sandbox ----------------------------------------------------------------------------------
+
+
+async def upsert_sandbox_catalogue(
+    conn: Connection,
+    *,
+    clinic_id: uuid.UUID,
+    group_id: uuid.UUID,
+    time_zone: str,
+    practitioners: list[tuple[uuid.UUID, str, str]],
+    services: list[tuple[uuid.UUID, str, int]],
+    weekly_hours: list[tuple[int, str, str]],
+    effective_from: date,
+) -> None:
+    """The sandbox clinic's practitioners, services and hours; existing rows are left alone."""
+    await upsert_clinic(conn, clinic_id, group_id, time_zone)
+    await conn.executemany(
+        "INSERT INTO practitioners (id, clinic_id, name, role) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (id) DO NOTHING",
+        [(p, clinic_id, name, role) for p, name, role in practitioners],
+    )
+    await conn.executemany(
+        "INSERT INTO services (id, clinic_id, name, duration_minutes) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (id) DO NOTHING",
+        [(s, clinic_id, name, minutes) for s, name, minutes in services],
+    )
+    await conn.executemany(
+        "INSERT INTO service_practitioners (clinic_id, service_id, practitioner_id) "
+        "VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        [(clinic_id, s, p) for s, _, _ in services for p, _, _ in practitioners],
+    )
+    for practitioner_id, _, _ in practitioners:
+        has_hours = await conn.fetchval(
+            "SELECT true FROM working_hours WHERE practitioner_id = $1 LIMIT 1", practitioner_id
+        )
+        if not has_hours:
+            await replace_working_hours(
+                conn,
+                clinic_id,
+                practitioner_id,
+                [
+                    {
+                        "weekday": weekday,
+                        "start": time.fromisoformat(start),
+                        "end": time.fromisoformat(end),
+                        "effective_from": effective_from,
+                        "effective_to": None,
+                    }
+                    for weekday, start, end in weekly_hours
+                ],
+            )
