@@ -1,16 +1,27 @@
-"""``python -m bench``: run every benchmark and print its table."""
+"""``python -m bench [tokens|bookings]``: run every benchmark, or one, and print the tables."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+from collections.abc import Awaitable, Callable
 
-from bench import token_issuance
+from bench import bookings, token_issuance
+
+BENCHES: dict[str, Callable[[], Awaitable[tuple[str, object]]]] = {
+    "tokens": token_issuance.run,
+    "bookings": bookings.run,
+}
 
 
-async def main() -> None:
-    report, _ = await token_issuance.run()
-    print(report)
+async def main(names: list[str]) -> None:
+    for name in names:
+        report, _ = await BENCHES[name]()
+        print(report, end="\n\n", flush=True)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("bench", nargs="?", choices=list(BENCHES), help="only this benchmark")
+    args = parser.parse_args()
+    asyncio.run(main([args.bench] if args.bench else list(BENCHES)))

@@ -44,6 +44,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset round trip on every release.
+
+    Pooled connections carry no session state to clear: settings come with the connection,
+    locks are transaction-scoped, and the one LISTEN (the outbox relay's) removes its listener
+    before it lets the connection go.
+    """
+
+
 async def create_pool(
     dsn: str, *, schema: str = "public", min_size: int = 2, max_size: int = 10
 ) -> asyncpg.Pool:
@@ -53,6 +62,7 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        reset=_keep_session,
         command_timeout=30,
         server_settings={"search_path": f"{schema},public", "application_name": "vetgate"},
     )

@@ -19,26 +19,37 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from shared.broker import Broker, BrokerUnavailable
-from shared.db import Connection
+from shared.db import Connection, fetch_one
 from shared.events import Event, utcnow
 from shared.keys import BROKER, DB_POOL, SETTINGS
 
 log = logging.getLogger("vetgate.outbox")
 
-NOTIFY_CHANNEL = "vetgate_outbox"
+NOTIFY_PREFIX = "vetgate_outbox_"
 
 
-async def next_sequence(conn: Connection, aggregate: str) -> int:
-    """Allocate the next per-aggregate sequence number; rolled back with the transaction."""
-    value: int = await conn.fetchval(
-        """
+def notify_channel(schema: str) -> str:
+    """One channel per service schema, so a service's commits wake only its own relays."""
+    return NOTIFY_PREFIX + schema
+
+
+# One round trip: allocate the aggregate's next sequence (rolled back with the transaction),
+# write the envelope with it, and notify the schema's relays (delivered at commit).
+_EMIT = (
+    """
+    WITH seq AS (
         INSERT INTO event_sequences (aggregate, last_sequence) VALUES ($1, 1)
         ON CONFLICT (aggregate) DO UPDATE SET last_sequence = event_sequences.last_sequence + 1
         RETURNING last_sequence
-        """,
-        aggregate,
     )
-    return value
+    INSERT INTO outbox (event_id, event_type, payload)
+    SELECT $2, $3, jsonb_set($4::jsonb, '{sequence}', to_jsonb(seq.last_sequence)) FROM seq
+    RETURNING (payload ->> 'sequence')::bigint AS sequence,
+              pg_notify('"""
+    + NOTIFY_PREFIX
+    + """' || current_schema(), '') AS notified
+"""
+)
 
 
 async def emit(
@@ -51,21 +62,11 @@ async def emit(
 ) -> Event:
     """Write an event to the outbox in the caller's transaction."""
     payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
-    event = Event(
-        type=event_type,
-        clinic_id=clinic_id,
-        sequence=await next_sequence(conn, aggregate),
-        occurred_at=utcnow(),
-        data=payload,
+    draft = Event(type=event_type, clinic_id=clinic_id, occurred_at=utcnow(), data=payload)
+    row = await fetch_one(
+        conn, _EMIT, aggregate, draft.id, draft.type, draft.model_dump(mode="json")
     )
-    await conn.execute(
-        "INSERT INTO outbox (event_id, event_type, payload) VALUES ($1, $2, $3)",
-        event.id,
-        event.type,
-        event.model_dump(mode="json"),
-    )
-    await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
-    return event
+    return draft.model_copy(update={"sequence": row["sequence"]})
 
 
 class OutboxRelay:
@@ -143,14 +144,15 @@ class OutboxRelay:
         while True:
             try:
                 async with self._pool.acquire() as conn:
+                    channel = notify_channel(await conn.fetchval("SELECT current_schema()"))
                     closed = asyncio.Event()
                     conn.add_termination_listener(lambda _, done=closed: done.set())
-                    await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+                    await conn.add_listener(channel, self._on_notify)
                     try:
                         await closed.wait()
                     finally:
                         with contextlib.suppress(asyncpg.InterfaceError, OSError):
-                            await conn.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+                            await conn.remove_listener(channel, self._on_notify)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 await asyncio.sleep(2)
 

@@ -142,7 +142,7 @@ def bookable_starts(
                     )
                     found.append((start, cal.practitioner_id, slot))
     # Sort on the UTC start: local datetimes in one zone would tie across a fall-back.
-    found.sort(key=lambda item: (item[0], item[1]))
+    found.sort(key=lambda item: (item[0], item[1].int))
     return [slot for _, _, slot in found]
 
 

@@ -367,7 +367,7 @@ async def search_availability(request: web.Request) -> web.Response:
     found = await schedules.search(
         request.app[DB_POOL], request.app[DIRECTORY], clinic_id=_clinic(request), query=query
     )
-    return json_model(found)
+    return web.Response(text=found.to_json(), content_type="application/json")
 
 
 # --- bookings ---------------------------------------------------------------------------------

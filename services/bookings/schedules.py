@@ -3,8 +3,10 @@ and the availability search that combines them with bookings."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
@@ -12,9 +14,7 @@ import asyncpg
 from services.bookings import availability, store
 from services.bookings.directory import ClinicDirectory, ClinicRules
 from services.bookings.schemas import (
-    Availability,
     AvailabilityQuery,
-    AvailableSlot,
     BreakCreate,
     BreakRead,
     SlotsPut,
@@ -355,7 +355,7 @@ async def search(
     *,
     clinic_id: uuid.UUID,
     query: AvailabilityQuery,
-) -> Availability:
+) -> FoundSlots:
     """Bookable starts for one service over up to 31 days, with their practitioner."""
     if query.to <= query.from_:
         raise ValidationProblem([FieldError("query.to", "Must be after from")])
@@ -382,11 +382,32 @@ async def search(
     slots = bookable(
         cals, rules, window, timedelta(minutes=service["duration_minutes"]), datetime.now(UTC)
     )
-    return Availability(
-        service_id=query.service_id,
-        time_zone=rules.time_zone.key,
-        slots=[
-            AvailableSlot(start=s.start, end=s.end, practitioner_id=s.practitioner_id)
-            for s in slots
-        ],
-    )
+    return FoundSlots(service_id=query.service_id, time_zone=rules.time_zone.key, slots=slots)
+
+
+@dataclass(frozen=True)
+class FoundSlots:
+    """An availability answer before rendering; it can hold thousands of slots."""
+
+    service_id: uuid.UUID
+    time_zone: str
+    slots: list[availability.Slot]
+
+    def to_json(self) -> str:
+        """The ``Availability`` document, written directly: validating and dumping thousands of
+        models would cost more than the search itself."""
+        return json.dumps(
+            {
+                "service_id": str(self.service_id),
+                "time_zone": self.time_zone,
+                "slots": [
+                    {
+                        "start": s.start.isoformat(),
+                        "end": s.end.isoformat(),
+                        "practitioner_id": str(s.practitioner_id),
+                    }
+                    for s in self.slots
+                ],
+            },
+            separators=(",", ":"),
+        )

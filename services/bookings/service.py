@@ -31,7 +31,7 @@ from services.bookings.schemas import (
     PatientSummary,
 )
 from shared import events
-from shared.db import Connection
+from shared.db import Connection, Row
 from shared.errors import Conflict, FieldError, NotFound, ProblemError, ValidationProblem
 from shared.outbox import emit
 from shared.pagination import decode_cursor, encode_cursor
@@ -119,7 +119,7 @@ async def _read(
     return to_read(row, tz)
 
 
-def to_read(row: asyncpg.Record, tz: Any) -> BookingRead:
+def to_read(row: Row, tz: Any) -> BookingRead:
     values = dict(row)
     values["start"] = values["start"].astimezone(tz)
     values["end"] = values["end"].astimezone(tz)
@@ -165,18 +165,30 @@ async def _replay(
     digest: bytes,
 ) -> BookingRead | None:
     async with pool.acquire() as conn:
-        previous = await store.booking_request(conn, app_id, rules.clinic_id, key)
-        if previous is None:
-            return None
-        if previous["request_hash"] != digest:
-            raise ProblemError(
-                "This Idempotency-Key was used with a different request body",
-                slug="idempotency-key-reused",
-                title="Idempotency key reused",
-                status=422,
-                extra={"errors": [FieldError("header.Idempotency-Key", "Used with another body")]},
-            )
-        return await _read(conn, rules.clinic_id, previous["booking_id"], app_id, rules.time_zone)
+        return await _replay_on(conn, rules, app_id=app_id, key=key, digest=digest)
+
+
+async def _replay_on(
+    conn: Connection,
+    rules: ClinicRules,
+    *,
+    app_id: uuid.UUID,
+    key: str,
+    digest: bytes,
+) -> BookingRead | None:
+    """The booking an earlier request with this key made, if it had the same body."""
+    previous = await store.booking_request(conn, app_id, rules.clinic_id, key)
+    if previous is None:
+        return None
+    if previous["request_hash"] != digest:
+        raise ProblemError(
+            "This Idempotency-Key was used with a different request body",
+            slug="idempotency-key-reused",
+            title="Idempotency key reused",
+            status=422,
+            extra={"errors": [FieldError("header.Idempotency-Key", "Used with another body")]},
+        )
+    return await _read(conn, rules.clinic_id, previous["booking_id"], app_id, rules.time_zone)
 
 
 async def create_booking(
@@ -192,35 +204,38 @@ async def create_booking(
     replayed. The database refuses any overlap with a live booking."""
     rules = await directory.rules(clinic_id)
     digest = request_hash(data)
-    if idempotency_key is not None:
-        replayed = await _replay(pool, rules, app_id=app_id, key=idempotency_key, digest=digest)
-        if replayed is not None:
-            return replayed, False
-    if data.start <= datetime.now(UTC):
-        raise slot_in_past()
     booking_id = uuid.uuid4()
     refusal: ProblemError | None = None
     async with pool.acquire() as conn:
+        if idempotency_key is not None:
+            replayed = await _replay_on(
+                conn, rules, app_id=app_id, key=idempotency_key, digest=digest
+            )
+            if replayed is not None:
+                return replayed, False
+        if data.start <= datetime.now(UTC):
+            raise slot_in_past()
         try:
             async with conn.transaction():
-                service = await store.service_for_booking(conn, clinic_id, data.service_id)
-                if service is None or not service["active"]:
+                # One round trip for the three lookups, and the practitioner's lock with them.
+                found = await store.booking_prerequisites(
+                    conn, clinic_id, data.service_id, data.practitioner_id
+                )
+                if not found["service_active"]:
                     raise unknown_service("body.service_id")
-                practitioner = await store.practitioner_state(conn, clinic_id, data.practitioner_id)
-                if practitioner is None or not practitioner["active"]:
+                if not found["practitioner_active"]:
                     raise ValidationProblem(
                         [FieldError("body.practitioner_id", "No such active practitioner")]
                     )
-                if not await store.offers(conn, data.service_id, data.practitioner_id):
+                if not found["offers"]:
                     raise service_not_offered("body.practitioner_id")
                 if data.client_id is not None:
                     await _check_client(conn, rules, data.client_id, data.patient_id)
-                duration = timedelta(minutes=service["duration_minutes"])
+                duration = timedelta(minutes=found["duration_minutes"])
                 end = data.end or data.start + duration
-                await store.lock_practitioner(conn, data.practitioner_id)
                 if not data.pushed:
                     await _check_bookable(conn, rules, data.practitioner_id, data.start, duration)
-                await store.insert_booking(
+                row = await store.insert_booking(
                     conn,
                     booking_id,
                     {
@@ -240,7 +255,7 @@ async def create_booking(
                     )
                 if data.external_id is not None:
                     await _map_booking(conn, app_id, clinic_id, data.external_id, booking_id)
-                booking = await _read(conn, clinic_id, booking_id, app_id, rules.time_zone)
+                booking = to_read({**row, "external_id": data.external_id}, rules.time_zone)
                 await emit(
                     conn,
                     events.BOOKING_CREATED,

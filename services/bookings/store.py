@@ -230,6 +230,28 @@ async def offers(conn: Connection, service_id: uuid.UUID, practitioner_id: uuid.
     )
 
 
+async def booking_prerequisites(
+    conn: Connection, clinic_id: uuid.UUID, service_id: uuid.UUID, practitioner_id: uuid.UUID
+) -> Record:
+    """Service, practitioner and whether one offers the other, in one round trip that also
+    takes the practitioner's lock (see ``lock_practitioner``)."""
+    return await fetch_one(
+        conn,
+        """
+        SELECT s.duration_minutes, s.active AS service_active, p.active AS practitioner_active,
+               EXISTS (SELECT 1 FROM service_practitioners sp
+                       WHERE sp.service_id = s.id AND sp.practitioner_id = p.id) AS offers,
+               pg_advisory_xact_lock(hashtextextended($3::uuid::text, 0))::text AS locked
+        FROM (SELECT 1) AS one
+        LEFT JOIN services s ON s.clinic_id = $1 AND s.id = $2
+        LEFT JOIN practitioners p ON p.clinic_id = $1 AND p.id = $3
+        """,
+        clinic_id,
+        service_id,
+        practitioner_id,
+    )
+
+
 async def lock_practitioner(conn: Connection, practitioner_id: uuid.UUID) -> None:
     """Serialise schedule changes and bookings of one practitioner for this transaction."""
     await conn.execute(
@@ -619,12 +641,16 @@ def _booking_select() -> str:
     """
 
 
-async def insert_booking(conn: Connection, booking_id: uuid.UUID, values: dict[str, Any]) -> None:
-    await conn.execute(
-        """
-        INSERT INTO bookings (id, clinic_id, practitioner_id, service_id, period, source, pushed,
-                              client_id, patient_id, prospect, insurance_id, notes, application_id)
+async def insert_booking(conn: Connection, booking_id: uuid.UUID, values: dict[str, Any]) -> Record:
+    """Insert and return the row as reads see it (without the caller's external id)."""
+    return await fetch_one(
+        conn,
+        f"""
+        INSERT INTO bookings AS b (id, clinic_id, practitioner_id, service_id, period, source,
+                                   pushed, client_id, patient_id, prospect, insurance_id, notes,
+                                   application_id)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+        RETURNING {_BOOKING}
         """,
         booking_id,
         values["clinic_id"],

@@ -23,7 +23,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from shared.broker import Broker, BrokerUnavailable
 from shared.events import Event
-from shared.outbox import NOTIFY_CHANNEL, OutboxRelay, emit
+from shared.outbox import OutboxRelay, emit, notify_channel
 from tests.conftest import private_schema_pool
 
 SCHEMA = "outbox_test"
@@ -170,7 +170,7 @@ async def listening_backends(pool: asyncpg.Pool) -> int:
     count: int = await pool.fetchval(
         "SELECT count(*) FROM pg_stat_activity "
         "WHERE datname = current_database() AND query ILIKE $1",
-        f"LISTEN %{NOTIFY_CHANNEL}%",
+        f"LISTEN %{notify_channel(SCHEMA)}%",
     )
     return count
 
