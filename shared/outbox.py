@@ -71,9 +71,16 @@ async def emit(
 
 class OutboxRelay:
     def __init__(
-        self, pool: asyncpg.Pool, broker: Broker, *, poll_seconds: float = 1.0, batch: int = 100
+        self,
+        pool: asyncpg.Pool,
+        broker: Broker,
+        *,
+        schema: str,
+        poll_seconds: float = 1.0,
+        batch: int = 100,
     ) -> None:
         self._pool = pool
+        self._channel = notify_channel(schema)
         self._broker = broker
         self._poll_seconds = poll_seconds
         self._batch = batch
@@ -144,15 +151,14 @@ class OutboxRelay:
         while True:
             try:
                 async with self._pool.acquire() as conn:
-                    channel = notify_channel(await conn.fetchval("SELECT current_schema()"))
                     closed = asyncio.Event()
                     conn.add_termination_listener(lambda _, done=closed: done.set())
-                    await conn.add_listener(channel, self._on_notify)
+                    await conn.add_listener(self._channel, self._on_notify)
                     try:
                         await closed.wait()
                     finally:
                         with contextlib.suppress(asyncpg.InterfaceError, OSError):
-                            await conn.remove_listener(channel, self._on_notify)
+                            await conn.remove_listener(self._channel, self._on_notify)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 await asyncio.sleep(2)
 
@@ -162,9 +168,17 @@ class OutboxRelay:
 
 async def relay_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: run the outbox relay for the life of the app."""
-    relay = OutboxRelay(app[DB_POOL], app[BROKER], poll_seconds=app[SETTINGS].outbox_poll_seconds)
+    settings = app[SETTINGS]
+    relay = OutboxRelay(
+        app[DB_POOL],
+        app[BROKER],
+        schema=settings.db_schema,
+        poll_seconds=settings.outbox_poll_seconds,
+    )
     task = asyncio.create_task(relay.run(), name="outbox-relay")
     yield
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    # A query cancelled mid-flight can leave its connection waiting on the server; shutdown
+    # must not wait with it (unpublished rows simply wait for the next process).
+    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+        await asyncio.wait_for(task, timeout=5)

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.bookings.consumers import projections_ctx
-from services.bookings.directory import ClinicDirectory
+from services.bookings.directory import create_directory
 from services.bookings.keys import DIRECTORY
 from services.bookings.routes import build_api
 from services.bookings.settings import BookingsSettings
@@ -17,12 +17,7 @@ def create_app(settings: BookingsSettings) -> web.Application:
     app = resource_app(settings, build_api())
 
     async def directory_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[DIRECTORY] = ClinicDirectory(
-            app[DB_POOL],
-            app[HTTP_CLIENT],
-            auth_url=settings.auth_url,
-            internal_token=settings.internal_token.get_secret_value(),
-        )
+        app[DIRECTORY] = create_directory(app[DB_POOL], app[HTTP_CLIENT], settings)
         yield
 
     app.cleanup_ctx.extend([directory_ctx, projections_ctx])

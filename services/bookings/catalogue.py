@@ -119,7 +119,7 @@ async def create_resource(
 ) -> BaseModel:
     """Create a practitioner, service or insurance (and map the caller's id to it)."""
     kind, read, created_type, _ = _KINDS[resource_type]
-    await directory.rules(clinic_id)
+    await directory.get(clinic_id)
     values = data.model_dump(exclude={"external_id", "practitioner_ids"})
     resource_id = uuid.uuid4()
     async with pool.acquire() as conn:
@@ -322,7 +322,7 @@ async def list_mappings(
 
 async def get_settings(directory: ClinicDirectory, clinic_id: uuid.UUID) -> BookingSettingsRead:
     """The clinic's zone, slot grid and minimum lead time."""
-    rules = await directory.rules(clinic_id)
+    rules = await directory.get(clinic_id)
     return BookingSettingsRead(
         clinic_id=clinic_id,
         time_zone=rules.time_zone.key,
@@ -338,7 +338,7 @@ async def update_settings(
     data: BookingSettingsUpdate,
 ) -> BookingSettingsRead:
     """Change the clinic's slot grid or minimum lead time."""
-    await directory.rules(clinic_id)
+    await directory.get(clinic_id)
     async with pool.acquire() as conn:
         await store.update_clinic_settings(conn, clinic_id, data.model_dump(exclude_none=True))
     directory.forget(clinic_id)

@@ -51,7 +51,7 @@ async def replace_working_hours(
     data: WorkingHoursPut,
 ) -> WorkingHoursRead:
     """Replace a practitioner's weekly hours; publishes ``working_hours.updated``."""
-    await directory.rules(clinic_id)
+    await directory.get(clinic_id)
     rules = [r.model_dump() for r in data.rules]
     async with pool.acquire() as conn, conn.transaction():
         await _require_practitioner(conn, clinic_id, practitioner_id)
@@ -125,7 +125,7 @@ async def replace_day(
     data: SlotsPut,
 ) -> SlotsRead:
     """Publish a local day's slots, replacing working hours for that day; bookings stay."""
-    rules = await directory.rules(clinic_id)
+    rules = await directory.get(clinic_id)
     periods = _slots_within_day(data, day, rules)
     async with pool.acquire() as conn, conn.transaction():
         await _require_practitioner(conn, clinic_id, practitioner_id)
@@ -161,7 +161,7 @@ async def get_day(
     day: date,
 ) -> SlotsRead:
     """A published day's slots."""
-    rules = await directory.rules(clinic_id)
+    rules = await directory.get(clinic_id)
     async with pool.acquire() as conn:
         await _require_practitioner(conn, clinic_id, practitioner_id)
         row = await store.published_day(conn, practitioner_id, day)
@@ -199,7 +199,7 @@ async def create_break(
     data: BreakCreate,
 ) -> BreakRead:
     """Block time; refused with 409 naming the live bookings it would cover."""
-    rules = await directory.rules(clinic_id)
+    rules = await directory.get(clinic_id)
     async with pool.acquire() as conn, conn.transaction():
         await _require_practitioner(conn, clinic_id, practitioner_id)
         # Bookings take the same lock, so none can slip in between the check and the insert.
@@ -236,7 +236,7 @@ async def delete_break(
     break_id: uuid.UUID,
 ) -> None:
     """Remove a break; publishes ``break.deleted``."""
-    rules = await directory.rules(clinic_id)
+    rules = await directory.get(clinic_id)
     async with pool.acquire() as conn, conn.transaction():
         row = await store.delete_break(conn, clinic_id, practitioner_id, break_id)
         if row is None:
@@ -263,7 +263,7 @@ async def list_breaks(
     async with pool.acquire() as conn:
         await _require_practitioner(conn, clinic_id, practitioner_id)
         rows = await store.list_breaks(conn, clinic_id, practitioner_id, start=start, end=end)
-    rules = await directory.rules(clinic_id)
+    rules = await directory.get(clinic_id)
     return [_break_read(r, rules) for r in rows]
 
 
@@ -367,7 +367,7 @@ async def search(
             status=422,
             extra={"errors": [FieldError("query.to", "At most 31 days after from")]},
         )
-    rules = await directory.rules(clinic_id)
+    rules = await directory.get(clinic_id)
     window = availability.Interval(query.from_, query.to)
     async with pool.acquire() as conn:
         service = await store.service_for_booking(conn, clinic_id, query.service_id)

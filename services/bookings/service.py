@@ -202,7 +202,7 @@ async def create_booking(
 ) -> tuple[BookingRead, bool]:
     """Book a practitioner; the answer's flag is False when an earlier identical request is
     replayed. The database refuses any overlap with a live booking."""
-    rules = await directory.rules(clinic_id)
+    rules = await directory.get(clinic_id)
     digest = request_hash(data)
     booking_id = uuid.uuid4()
     refusal: ProblemError | None = None
@@ -313,7 +313,7 @@ async def get_booking(
     booking_id: uuid.UUID,
 ) -> BookingRead:
     """One booking of the clinic."""
-    rules = await directory.rules(clinic_id)
+    rules = await directory.get(clinic_id)
     async with pool.acquire() as conn:
         return await _read(conn, clinic_id, booking_id, app_id, rules.time_zone)
 
@@ -327,7 +327,7 @@ async def list_bookings(
     query: BookingQuery,
 ) -> BookingPage:
     """Bookings by range, practitioner, status or the caller's id, in sync order."""
-    rules = await directory.rules(clinic_id)
+    rules = await directory.get(clinic_id)
     async with pool.acquire() as conn:
         rows = await store.list_bookings(
             conn,
@@ -358,7 +358,7 @@ async def _change(
     decide: Decision,
 ) -> BookingRead:
     """Lock the booking, check ``If-Match``, let ``decide`` validate and return the changes."""
-    rules = await directory.rules(clinic_id)
+    rules = await directory.get(clinic_id)
     async with pool.acquire() as conn:
         try:
             async with conn.transaction():
@@ -534,7 +534,7 @@ async def search_clients(
     pool: asyncpg.Pool, directory: ClinicDirectory, *, clinic_id: uuid.UUID, query: ClientQuery
 ) -> ClientPage:
     """Clients of the clinic's group whose name, e-mail or phone contains ``q``."""
-    rules = await directory.rules(clinic_id)
+    rules = await directory.get(clinic_id)
     key = decode_cursor(query.cursor, 1)
     try:
         after = uuid.UUID(key[0]) if key else None

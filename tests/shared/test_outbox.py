@@ -181,7 +181,7 @@ async def more_listening_backends(pool: asyncpg.Pool, than: int) -> bool:
 
 async def drain(pool: asyncpg.Pool, broker: Broker) -> None:
     """Publish whatever other tests left behind, so that a test sees only its own rows."""
-    relay = OutboxRelay(pool, broker, batch=500)
+    relay = OutboxRelay(pool, broker, schema=SCHEMA, batch=500)
     while await relay.publish_pending():
         pass
 
@@ -252,7 +252,7 @@ async def test_broker_down_keeps_rows_until_a_broker_takes_them(
     try:
         assert not await dead.wait_ready(0.5)
         with pytest.raises(BrokerUnavailable):
-            await OutboxRelay(pool, dead).publish_pending()
+            await OutboxRelay(pool, dead, schema=SCHEMA).publish_pending()
     finally:
         connecting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -260,7 +260,7 @@ async def test_broker_down_keeps_rows_until_a_broker_takes_them(
         await dead.close()
     assert await unpublished(pool, events) == ids
 
-    relay = OutboxRelay(pool, broker)
+    relay = OutboxRelay(pool, broker, schema=SCHEMA)
     published = 0
     while sent := await relay.publish_pending():
         published += sent
@@ -288,7 +288,7 @@ async def test_broker_connection_lost_mid_batch_loses_nothing(
     flaky = DroppingBroker(overrides["amqp_url"], overrides["events_exchange"], drop_after=20)
     await asyncio.wait_for(flaky.connect_forever(), 30)
     try:
-        relay = OutboxRelay(pool, flaky, batch=500)
+        relay = OutboxRelay(pool, flaky, schema=SCHEMA, batch=500)
         with pytest.raises(BrokerUnavailable):
             await relay.publish_pending()
         await eventually(flaky.dropped.is_set, "the connection to be cut")
@@ -324,7 +324,7 @@ async def test_run_survives_a_lost_broker_connection(
 ) -> None:
     flaky = DroppingBroker(overrides["amqp_url"], overrides["events_exchange"], drop_after=20)
     await asyncio.wait_for(flaky.connect_forever(), 30)
-    relay = OutboxRelay(pool, flaky, poll_seconds=0.1, batch=500)
+    relay = OutboxRelay(pool, flaky, schema=SCHEMA, poll_seconds=0.1, batch=500)
     task = asyncio.create_task(relay.run())
     try:
         events = await emit_committed(pool, receiver.event_type, 200)
@@ -348,7 +348,7 @@ async def test_run_publishes_committed_events_on_notify(
     pool: asyncpg.Pool, broker: Broker, receiver: Receiver
 ) -> None:
     # A poll interval far beyond the waits below: only NOTIFY can wake the relay in time.
-    relay = OutboxRelay(pool, broker, poll_seconds=600)
+    relay = OutboxRelay(pool, broker, schema=SCHEMA, poll_seconds=600)
     before = await listening_backends(pool)
     task = asyncio.create_task(relay.run())
     try:
@@ -383,8 +383,8 @@ async def test_two_relays_share_a_round_without_double_publishing(
     events = await emit_committed(pool, receiver.event_type, 100)
     ids = {str(e.id) for e in events}
 
-    first = OutboxRelay(pool, broker, batch=60)
-    second = OutboxRelay(pool, broker, batch=60)
+    first = OutboxRelay(pool, broker, schema=SCHEMA, batch=60)
+    second = OutboxRelay(pool, broker, schema=SCHEMA, batch=60)
     sent_first, sent_second = await asyncio.gather(
         first.publish_pending(), second.publish_pending()
     )
