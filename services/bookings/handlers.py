@@ -30,6 +30,7 @@ from services.bookings.schemas import (
     TimeRange,
     WorkingHoursPut,
 )
+from shared.conditional import etag
 from shared.errors import FieldError, ValidationProblem
 from shared.keys import DB_POOL
 from shared.scopes import BOOKINGS_READ, BOOKINGS_WRITE, CLIENTS_READ
@@ -374,7 +375,7 @@ async def search_availability(request: web.Request) -> web.Response:
 
 
 def _with_etag(model: BaseModel, version: int, *, status: int = 200) -> web.Response:
-    return json_model(model, status=status, headers={"ETag": service.etag(version)})
+    return json_model(model, status=status, headers={"ETag": etag(version)})
 
 
 @requires(BOOKINGS_WRITE)

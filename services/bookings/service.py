@@ -3,8 +3,6 @@ along the life cycle, read and list; and the client search for vet-facing calls.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -31,6 +29,7 @@ from services.bookings.schemas import (
     PatientSummary,
 )
 from shared import events
+from shared.conditional import check_if_match, idempotency_key_reused, request_hash
 from shared.db import Connection, Row
 from shared.errors import Conflict, FieldError, NotFound, ProblemError, ValidationProblem
 from shared.outbox import emit
@@ -75,35 +74,6 @@ def slot_in_past() -> ProblemError:
         status=422,
         extra={"errors": [FieldError("body.start", "Lies in the past")]},
     )
-
-
-def stale(version: int) -> ProblemError:
-    return ProblemError(
-        "The booking changed since you read it; read it again and retry",
-        slug="stale-booking",
-        title="Precondition failed",
-        status=412,
-        headers={"ETag": etag(version)},
-    )
-
-
-def etag(version: int) -> str:
-    return f'"{version}"'
-
-
-def check_if_match(if_match: str | None, version: int) -> None:
-    """``If-Match`` must name the current version when given; ``*`` matches any."""
-    if if_match is None:
-        return
-    candidates = {v.strip().removeprefix("W/") for v in if_match.split(",")}
-    if "*" not in candidates and etag(version) not in candidates:
-        raise stale(version)
-
-
-def request_hash(data: BookingCreate) -> bytes:
-    """What makes two create requests "the same body": their validated content."""
-    canonical = json.dumps(data.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).digest()
 
 
 def _event_data(booking: BookingRead) -> dict[str, Any]:
@@ -181,13 +151,7 @@ async def _replay_on(
     if previous is None:
         return None
     if previous["request_hash"] != digest:
-        raise ProblemError(
-            "This Idempotency-Key was used with a different request body",
-            slug="idempotency-key-reused",
-            title="Idempotency key reused",
-            status=422,
-            extra={"errors": [FieldError("header.Idempotency-Key", "Used with another body")]},
-        )
+        raise idempotency_key_reused()
     return await _read(conn, rules.clinic_id, previous["booking_id"], app_id, rules.time_zone)
 
 
@@ -365,7 +329,7 @@ async def _change(
                 row = await store.get_booking(conn, clinic_id, booking_id, app_id, for_update=True)
                 if row is None:
                     raise NotFound("No such booking in this clinic")
-                check_if_match(if_match, row["version"])
+                check_if_match(if_match, row["version"], what="booking")
                 changes = await decide(conn, rules, row)
                 await store.update_booking(conn, booking_id, changes)
                 booking = await _read(conn, clinic_id, booking_id, app_id, rules.time_zone)

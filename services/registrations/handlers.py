@@ -19,6 +19,7 @@ from services.registrations.schemas import (
     PatientUpdate,
     RegistrationCreate,
 )
+from shared.conditional import etag
 from shared.errors import FieldError, Unauthorized, ValidationProblem
 from shared.keys import DB_POOL
 from shared.scopes import CLIENTS_READ, REGISTRATIONS_WRITE
@@ -59,7 +60,7 @@ def _require_admin(request: web.Request) -> None:
 
 
 def _tagged(model: BaseModel, version: int, *, status: int = 200) -> web.Response:
-    return json_model(model, status=status, headers={"ETag": service.etag(version)})
+    return json_model(model, status=status, headers={"ETag": etag(version)})
 
 
 def _client_url(clinic_id: uuid.UUID, client_id: uuid.UUID) -> str:

@@ -8,8 +8,6 @@ group, and invisible to every other group. Duplicates are refused by the databas
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,7 +15,6 @@ from datetime import date, datetime
 from typing import Any
 
 import asyncpg
-from pydantic import BaseModel
 
 from services.registrations import normalise, store
 from services.registrations.directory import Clinic, ClinicDirectory
@@ -43,6 +40,7 @@ from services.registrations.schemas import (
     RegistrationForm,
 )
 from shared import events
+from shared.conditional import check_if_match, idempotency_key_reused, request_hash
 from shared.db import Connection, Record
 from shared.errors import (
     Conflict,
@@ -108,45 +106,6 @@ def client_erased() -> Conflict:
         slug="client-erased",
         title="Client erased",
     )
-
-
-def idempotency_key_reused() -> ProblemError:
-    return ProblemError(
-        "This Idempotency-Key was used with a different request body",
-        slug="idempotency-key-reused",
-        title="Idempotency key reused",
-        status=422,
-        extra={"errors": [FieldError("header.Idempotency-Key", "Used with another body")]},
-    )
-
-
-def stale(version: int) -> ProblemError:
-    return ProblemError(
-        "The resource changed since you read it; read it again and retry",
-        slug="stale-resource",
-        title="Precondition failed",
-        status=412,
-        headers={"ETag": etag(version)},
-    )
-
-
-def etag(version: int) -> str:
-    return f'"{version}"'
-
-
-def check_if_match(if_match: str | None, version: int) -> None:
-    """``If-Match`` must name the current version when given; ``*`` matches any."""
-    if if_match is None:
-        return
-    candidates = {v.strip().removeprefix("W/") for v in if_match.split(",")}
-    if "*" not in candidates and etag(version) not in candidates:
-        raise stale(version)
-
-
-def request_hash(data: BaseModel) -> bytes:
-    """What makes two create requests "the same body": their validated content."""
-    canonical = json.dumps(data.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).digest()
 
 
 # --- the registration form --------------------------------------------------------------------
