@@ -213,15 +213,43 @@ class TokenVerifier:
         audience: str,
         revocations: RevocationList | None = None,
         leeway: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        max_cached: int = 20_000,
     ) -> None:
         self.jwks = jwks
         self.issuer = issuer
         self.audience = audience
         self.revocations = revocations or RevocationList()
         self.leeway = leeway
+        self._clock = clock
+        # A partner sends the same token for up to 15 minutes: its signature and claims are
+        # checked once; expiry and revocation are checked on every call.
+        self._verified: dict[str, Principal] = {}
+        self._max_cached = max_cached
 
     async def verify(self, token: str) -> Principal:
         """The principal of a valid, unrevoked access token; ``Unauthorized`` otherwise."""
+        principal = self._verified.get(token)
+        if principal is None:
+            principal = await self._decode(token)
+            if len(self._verified) >= self._max_cached:
+                self._verified.clear()
+            self._verified[token] = principal
+        elif principal.expires_at + self.leeway < self._clock():
+            del self._verified[token]
+            raise Unauthorized("The access token has expired")
+        if not self.revocations.loaded:
+            raise ServiceUnavailable(
+                "Token revocations are still loading; try again shortly",
+                slug="revocations-loading",
+                headers={"Retry-After": "1"},
+            )
+        if self.revocations.is_revoked(principal):
+            raise Unauthorized("The access token has been revoked")
+        return principal
+
+    async def _decode(self, token: str) -> Principal:
+        """Signature, type and registered claims of a token not seen before."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError:
@@ -251,14 +279,6 @@ class TokenVerifier:
             raise Unauthorized("The access token comes from an unknown issuer") from None
         except (jwt.InvalidTokenError, KeyError, ValueError):
             raise Unauthorized("The access token is invalid") from None
-        if not self.revocations.loaded:
-            raise ServiceUnavailable(
-                "Token revocations are still loading; try again shortly",
-                slug="revocations-loading",
-                headers={"Retry-After": "1"},
-            )
-        if self.revocations.is_revoked(principal):
-            raise Unauthorized("The access token has been revoked")
         return principal
 
 

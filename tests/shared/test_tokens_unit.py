@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from shared.errors import Unauthorized
 from shared.events import (
     APPLICATION_SUSPENDED,
     GRANT_CREATED,
@@ -27,7 +29,7 @@ from shared.events import (
     GrantChanged,
     TokenRevoked,
 )
-from shared.tokens import JwksCache, Principal, RevocationList
+from shared.tokens import JwksCache, Principal, RevocationList, TokenVerifier
 
 
 class FakeClock:
@@ -422,3 +424,42 @@ def test_apply_ignores_events_that_revoke_nothing() -> None:
     assert not revocations.is_revoked(
         principal(client_id="vgsbx_b", clinic_id=clinic, issued_at=NOW - 1)
     )
+
+
+async def test_verified_tokens_are_not_checked_again_but_still_expire() -> None:
+    """A token's signature is checked once; its expiry is checked on every call."""
+    fetches = 0
+    key = Ed25519PrivateKey.generate()
+    jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid="k1", use="sig", alg="EdDSA")
+
+    async def fetch() -> dict[str, Any]:
+        nonlocal fetches
+        fetches += 1
+        return {"keys": [jwk]}
+
+    now = [1_000_000.0]
+    verifier = TokenVerifier(
+        JwksCache(fetch, ttl=0.0, min_refetch=0.0),
+        issuer="iss",
+        audience="aud",
+        clock=lambda: now[0],
+    )
+    verifier.revocations.loaded = True
+    claims = {
+        "iss": "iss",
+        "aud": "aud",
+        "sub": "c",
+        "client_id": "c",
+        "jti": "j",
+        "app_id": str(uuid.uuid4()),
+        "iat": int(time.time()),
+        "exp": int(time.time()) + 60,
+    }
+    token = jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": "k1", "typ": "at+jwt"})
+    assert (await verifier.verify(token)).client_id == "c"
+    assert (await verifier.verify(token)).client_id == "c"
+    assert fetches == 1  # the second call never looked at the key again
+    now[0] = claims["exp"] + verifier.leeway + 1
+    with pytest.raises(Unauthorized, match="expired"):
+        await verifier.verify(token)
