@@ -95,7 +95,3 @@ def constraint_problem(
     name = getattr(exc, "constraint_name", None)
     factory = mapping.get(name or "")
     return factory(exc) if factory is not None else None
-
-
-def record_to_dict(record: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(record.items())

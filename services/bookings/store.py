@@ -608,20 +608,6 @@ async def live_bookings_overlapping(
     return [r["id"] for r in rows]
 
 
-async def break_overlaps(
-    conn: Connection, practitioner_id: uuid.UUID, start: datetime, end: datetime
-) -> bool:
-    return bool(
-        await conn.fetchval(
-            "SELECT true FROM breaks WHERE practitioner_id = $1 AND period && tstzrange($2, $3) "
-            "LIMIT 1",
-            practitioner_id,
-            start,
-            end,
-        )
-    )
-
-
 # --- bookings ---------------------------------------------------------------------------------
 
 _BOOKING = """
