@@ -1,4 +1,6 @@
-"""``python -m bench [tokens|bookings]``: run every benchmark, or one, and print the tables."""
+"""``python -m bench [tokens|bookings|registrations]``: run every benchmark, or one.
+
+Each prints its tables, every figure next to a baseline measured in the same run."""
 
 from __future__ import annotations
 
@@ -6,11 +8,12 @@ import argparse
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from bench import bookings, token_issuance
+from bench import bookings, registrations, token_issuance
 
 BENCHES: dict[str, Callable[[], Awaitable[tuple[str, object]]]] = {
     "tokens": token_issuance.run,
     "bookings": bookings.run,
+    "registrations": registrations.run,
 }
 
 
