@@ -45,9 +45,8 @@ import asyncpg
 from aiohttp import web
 from asyncpg import Range
 
-from bench.harness import bench_database, free_port, server_process, table, wait_http
+from bench.harness import bench_database, bench_tenant, free_port, server_process, table, wait_http
 from bench.load import LoadResult
-from bench.token_issuance import _tenant
 from services.bookings import store
 from services.bookings.settings import BookingsSettings
 from shared import events
@@ -670,7 +669,8 @@ async def run() -> tuple[str, Figures]:
 async def _run(exchange: str, prefix: str) -> tuple[str, Figures]:
     today = datetime.now(LONDON).date()
     async with bench_database() as dsn:
-        tenant = await _tenant(dsn)
+        made = await bench_tenant(dsn, scopes=["bookings:read", "bookings:write"])
+        tenant = (made.client_id, made.secret, str(made.clinic_id))
         auth_port, bookings_port = free_port(), free_port()
         env = {
             "DATABASE_URL": dsn,

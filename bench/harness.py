@@ -9,12 +9,68 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import aiohttp
 
 from bench.load import LoadResult
+from services.auth import service as auth_service
+from services.auth.schemas import (
+    ApplicationCreate,
+    ClinicCreate,
+    GrantCreate,
+    GroupCreate,
+    PartnerCreate,
+)
+from services.auth.settings import AuthSettings
 from services.scratch import scratch_database
+from shared.db import create_pool
+
+
+@dataclass(frozen=True)
+class BenchTenant:
+    """An approved tier-2 application and the one clinic it is granted."""
+
+    client_id: str
+    secret: str
+    clinic_id: uuid.UUID
+    group_id: uuid.UUID
+
+
+async def bench_tenant(dsn: str, *, scopes: list[str], country: str = "GB") -> BenchTenant:
+    """Create the tenant with the auth service's own rules, and a signing key."""
+    settings = AuthSettings(database_url=dsn)
+    pool = await create_pool(dsn, schema="auth", min_size=1, max_size=2)
+    try:
+        group = await auth_service.create_group(pool, GroupCreate(name="Bench group"))
+        clinic = await auth_service.create_clinic(
+            pool,
+            ClinicCreate(
+                group_id=group.id,
+                name="Bench clinic",
+                time_zone="Europe/London",
+                country=country,
+                sandbox=True,
+            ),
+        )
+        partner = await auth_service.create_partner(
+            pool, PartnerCreate(name="Bench", contact_email="b@example.com")
+        )
+        app = await auth_service.create_application(
+            pool,
+            partner.id,
+            ApplicationCreate(name="Bench app", contact_email="b@example.com", tier=2),
+        )
+        await auth_service.set_application_status(pool, app.id, "approved")
+        await auth_service.create_grant(
+            pool, GrantCreate(application_id=app.id, clinic_id=clinic.id, scopes=scopes)
+        )
+        await auth_service.ensure_signing_key(pool, settings)
+    finally:
+        await pool.close()
+    return BenchTenant(app.client_id, app.client_secret, clinic.id, group.id)
 
 
 def free_port() -> int:

@@ -49,17 +49,15 @@ import asyncpg
 from aiohttp import web
 
 from bench.bookings import _app_id, _markdown, _percentile, _token
-from bench.harness import bench_database, free_port, server_process, table, wait_http
-from bench.load import LoadResult
-from services.auth import service as auth_service
-from services.auth.schemas import (
-    ApplicationCreate,
-    ClinicCreate,
-    GrantCreate,
-    GroupCreate,
-    PartnerCreate,
+from bench.harness import (
+    bench_database,
+    bench_tenant,
+    free_port,
+    server_process,
+    table,
+    wait_http,
 )
-from services.auth.settings import AuthSettings
+from bench.load import LoadResult
 from services.registrations import normalise, store
 from services.registrations.settings import RegistrationsSettings
 from shared import events
@@ -216,53 +214,6 @@ def _client_values(person: Person) -> dict[str, Any]:
 
 
 # --- the tenant and the services --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Tenant:
-    client_id: str
-    secret: str
-    clinic_id: uuid.UUID
-    group_id: uuid.UUID
-
-
-async def _tenant(dsn: str) -> Tenant:
-    """An approved tier-2 application granted registrations:write and clients:read on a clinic."""
-    settings = AuthSettings(database_url=dsn)
-    pool = await create_pool(dsn, schema="auth", min_size=1, max_size=2)
-    try:
-        group = await auth_service.create_group(pool, GroupCreate(name="Bench group"))
-        clinic = await auth_service.create_clinic(
-            pool,
-            ClinicCreate(
-                group_id=group.id,
-                name="Bench clinic",
-                time_zone="Europe/London",
-                country=COUNTRY,
-                sandbox=True,
-            ),
-        )
-        partner = await auth_service.create_partner(
-            pool, PartnerCreate(name="Bench", contact_email="b@example.com")
-        )
-        app = await auth_service.create_application(
-            pool,
-            partner.id,
-            ApplicationCreate(name="Bench app", contact_email="b@example.com", tier=2),
-        )
-        await auth_service.set_application_status(pool, app.id, "approved")
-        await auth_service.create_grant(
-            pool,
-            GrantCreate(
-                application_id=app.id,
-                clinic_id=clinic.id,
-                scopes=["registrations:write", "clients:read"],
-            ),
-        )
-        await auth_service.ensure_signing_key(pool, settings)
-    finally:
-        await pool.close()
-    return Tenant(app.client_id, app.client_secret, clinic.id, group.id)
 
 
 @dataclass(frozen=True)
@@ -1033,7 +984,9 @@ async def run() -> tuple[str, tuple[list[Creation], list[LoadResult]]]:
 async def _run(exchange: str, prefix: str) -> tuple[str, tuple[list[Creation], list[LoadResult]]]:
     people = People(seed=20)
     async with bench_database() as dsn:
-        tenant = await _tenant(dsn)
+        tenant = await bench_tenant(
+            dsn, scopes=["registrations:write", "clients:read"], country=COUNTRY
+        )
         auth_port, registrations_port = free_port(), free_port()
         env = {
             "DATABASE_URL": dsn,

@@ -13,18 +13,8 @@ import uuid
 
 import aiohttp
 
-from bench.harness import bench_database, free_port, server_process, table, wait_http
+from bench.harness import bench_database, bench_tenant, free_port, server_process, table, wait_http
 from bench.load import LoadResult, run_load
-from services.auth import service
-from services.auth.schemas import (
-    ApplicationCreate,
-    ClinicCreate,
-    GrantCreate,
-    GroupCreate,
-    PartnerCreate,
-)
-from services.auth.settings import AuthSettings
-from shared.db import create_pool
 
 TOKENS = "POST /oauth/token (client credentials)"
 BARE = "bare aiohttp handler, same JSON size"
@@ -33,44 +23,10 @@ SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
 
 
-async def _tenant(dsn: str) -> tuple[str, str, str]:
-    """An approved tier-2 application granted one clinic: (client_id, secret, clinic_id)."""
-    settings = AuthSettings(database_url=dsn)
-    pool = await create_pool(dsn, schema="auth", min_size=1, max_size=2)
-    try:
-        group = await service.create_group(pool, GroupCreate(name="Bench group"))
-        clinic = await service.create_clinic(
-            pool,
-            ClinicCreate(
-                group_id=group.id, name="Bench clinic", time_zone="Europe/London", sandbox=True
-            ),
-        )
-        partner = await service.create_partner(
-            pool, PartnerCreate(name="Bench", contact_email="b@example.com")
-        )
-        app = await service.create_application(
-            pool,
-            partner.id,
-            ApplicationCreate(name="Bench app", contact_email="b@example.com", tier=2),
-        )
-        await service.set_application_status(pool, app.id, "approved")
-        await service.create_grant(
-            pool,
-            GrantCreate(
-                application_id=app.id,
-                clinic_id=clinic.id,
-                scopes=["bookings:read", "bookings:write"],
-            ),
-        )
-        await service.ensure_signing_key(pool, settings)
-    finally:
-        await pool.close()
-    return app.client_id, app.client_secret, str(clinic.id)
-
-
 async def run() -> tuple[str, list[LoadResult]]:
     async with bench_database() as dsn:
-        client_id, secret, clinic_id = await _tenant(dsn)
+        tenant = await bench_tenant(dsn, scopes=["bookings:read", "bookings:write"])
+        client_id, secret, clinic_id = tenant.client_id, tenant.secret, str(tenant.clinic_id)
         auth_port = free_port()
         env = {
             "DATABASE_URL": dsn,
