@@ -7,11 +7,13 @@ own ``cleanup_ctx`` entries and routes.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import random
 import re
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
@@ -19,12 +21,14 @@ from urllib.parse import parse_qsl
 import asyncpg
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
+from shared.conditional import etag
 from shared.errors import (
     FieldError,
     PayloadTooLarge,
     ProblemError,
+    Unauthorized,
     ValidationProblem,
 )
 from shared.keys import BROKER, DB_POOL, METRICS, SETTINGS, VERIFIER
@@ -257,3 +261,36 @@ def json_model(
         content_type="application/json",
         headers=headers,
     )
+
+
+# --- request parts every service reads the same way --------------------------------------------
+
+
+def path_id(request: web.Request, name: str) -> uuid.UUID:
+    """A path segment that must be an id; a 422 on ``path.<name>`` otherwise."""
+    try:
+        return uuid.UUID(request.match_info[name])
+    except ValueError:
+        raise ValidationProblem([FieldError(f"path.{name}", "Not a valid id")]) from None
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    """The ``Idempotency-Key`` header, if given: 1 to 255 characters."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise ValidationProblem([FieldError("header.Idempotency-Key", "1 to 255 characters")])
+    return key
+
+
+def require_bearer(request: web.Request, expected: SecretStr, who: str) -> None:
+    """A configured bearer credential (operator, internal), compared in constant time."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), expected.get_secret_value().encode()
+    ):
+        raise Unauthorized(f"{who} credentials required", error="invalid_token")
+
+
+def json_tagged(model: BaseModel, version: int, *, status: int = 200) -> web.Response:
+    """A versioned resource with its ``ETag``, for ``If-Match`` on the next change."""
+    return json_model(model, status=status, headers={"ETag": etag(version)})

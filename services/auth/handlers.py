@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
-import uuid
 from urllib.parse import unquote
 
 from aiohttp import web
-from pydantic import SecretStr
 
 from services.auth import service
 from services.auth.keys import AUTH_CONTEXT, AUTH_SETTINGS
@@ -23,21 +20,14 @@ from services.auth.schemas import (
     StaffUserCreate,
     TokenForm,
 )
-from shared.errors import FieldError, Forbidden, OAuthError, Unauthorized, ValidationProblem
+from shared.errors import Forbidden, OAuthError
 from shared.keys import DB_POOL
 from shared.pagination import PageQuery
 from shared.scopes import ALL_SCOPES, CLINICS_READ
 from shared.tokens import PRINCIPAL, requires
-from shared.web import json_model, parse_body, parse_query, read_form
+from shared.web import json_model, parse_body, parse_query, path_id, read_form, require_bearer
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-
-
-def _uuid_param(request: web.Request, name: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info[name])
-    except ValueError:
-        raise ValidationProblem([FieldError(f"path.{name}", "Not a valid id")]) from None
 
 
 def _directory_changed(request: web.Request) -> None:
@@ -45,18 +35,9 @@ def _directory_changed(request: web.Request) -> None:
     request.app[AUTH_CONTEXT].cache.clear()
 
 
-def _require_static_bearer(request: web.Request, expected: SecretStr, who: str) -> None:
-    """A configured bearer credential, compared in constant time."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        token.strip().encode(), expected.get_secret_value().encode()
-    ):
-        raise Unauthorized(f"{who} credentials required", error="invalid_token")
-
-
 def require_admin(request: web.Request) -> None:
     """The operator's bootstrap credential."""
-    _require_static_bearer(request, request.app[AUTH_SETTINGS].admin_token, "Operator")
+    require_bearer(request, request.app[AUTH_SETTINGS].admin_token, "Operator")
 
 
 # --- OAuth ------------------------------------------------------------------------------------
@@ -221,7 +202,7 @@ async def server_metadata(request: web.Request) -> web.Response:
 
 async def internal_revocations(request: web.Request) -> web.Response:
     """Revocations still in force, for a resource service that has just started."""
-    _require_static_bearer(request, request.app[AUTH_SETTINGS].internal_token, "Internal")
+    require_bearer(request, request.app[AUTH_SETTINGS].internal_token, "Internal")
     snapshot = await service.revocations_in_force(request.app[DB_POOL], request.app[AUTH_SETTINGS])
     return web.json_response(
         {"events": [event.model_dump(mode="json") for event in snapshot]},
@@ -231,8 +212,8 @@ async def internal_revocations(request: web.Request) -> web.Response:
 
 async def internal_clinic(request: web.Request) -> web.Response:
     """A directory entry, for services that keep a projection of clinics."""
-    _require_static_bearer(request, request.app[AUTH_SETTINGS].internal_token, "Internal")
-    clinic = await service.get_clinic(request.app[DB_POOL], _uuid_param(request, "clinic_id"))
+    require_bearer(request, request.app[AUTH_SETTINGS].internal_token, "Internal")
+    clinic = await service.get_clinic(request.app[DB_POOL], path_id(request, "clinic_id"))
     return json_model(clinic)
 
 
@@ -249,7 +230,7 @@ async def list_clinics(request: web.Request) -> web.Response:
 @requires(clinic=False)
 async def get_clinic(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
-    clinic_id = _uuid_param(request, "clinic_id")
+    clinic_id = path_id(request, "clinic_id")
     # A token acting for a clinic may always read that clinic; others need clinics:read.
     if principal.clinic_id != clinic_id and CLINICS_READ not in principal.scopes:
         raise Forbidden(
@@ -284,7 +265,7 @@ async def admin_create_partner(request: web.Request) -> web.Response:
 
 async def admin_create_application(request: web.Request) -> web.Response:
     require_admin(request)
-    partner_id = _uuid_param(request, "partner_id")
+    partner_id = path_id(request, "partner_id")
     data = await parse_body(request, ApplicationCreate)
     created = await service.create_application(request.app[DB_POOL], partner_id, data)
     return json_model(created, status=201, headers=NO_STORE)
@@ -293,13 +274,13 @@ async def admin_create_application(request: web.Request) -> web.Response:
 async def admin_get_application(request: web.Request) -> web.Response:
     require_admin(request)
     return json_model(
-        await service.get_application(request.app[DB_POOL], _uuid_param(request, "app_id"))
+        await service.get_application(request.app[DB_POOL], path_id(request, "app_id"))
     )
 
 
 async def admin_update_application(request: web.Request) -> web.Response:
     require_admin(request)
-    app_id = _uuid_param(request, "app_id")
+    app_id = path_id(request, "app_id")
     data = await parse_body(request, ApplicationUpdate)
     changed = json_model(await service.update_application(request.app[DB_POOL], app_id, data))
     _directory_changed(request)
@@ -308,7 +289,7 @@ async def admin_update_application(request: web.Request) -> web.Response:
 
 async def admin_approve_application(request: web.Request) -> web.Response:
     require_admin(request)
-    app_id = _uuid_param(request, "app_id")
+    app_id = path_id(request, "app_id")
     changed = json_model(
         await service.set_application_status(request.app[DB_POOL], app_id, "approved")
     )
@@ -318,7 +299,7 @@ async def admin_approve_application(request: web.Request) -> web.Response:
 
 async def admin_suspend_application(request: web.Request) -> web.Response:
     require_admin(request)
-    app_id = _uuid_param(request, "app_id")
+    app_id = path_id(request, "app_id")
     changed = json_model(
         await service.set_application_status(request.app[DB_POOL], app_id, "suspended")
     )
@@ -328,7 +309,7 @@ async def admin_suspend_application(request: web.Request) -> web.Response:
 
 async def admin_rotate_secret(request: web.Request) -> web.Response:
     require_admin(request)
-    app_id = _uuid_param(request, "app_id")
+    app_id = path_id(request, "app_id")
     grace = request.app[AUTH_SETTINGS].secret_rotation_grace_seconds
     rotated = await service.rotate_application_secret(
         request.app[DB_POOL], app_id, grace_seconds=grace
@@ -340,7 +321,7 @@ async def admin_rotate_secret(request: web.Request) -> web.Response:
 
 async def admin_list_grants(request: web.Request) -> web.Response:
     require_admin(request)
-    app_id = _uuid_param(request, "app_id")
+    app_id = path_id(request, "app_id")
     query = parse_query(request, PageQuery)
     return json_model(await service.list_grants(request.app[DB_POOL], app_id, query))
 
@@ -355,7 +336,7 @@ async def admin_create_grant(request: web.Request) -> web.Response:
 
 async def admin_revoke_grant(request: web.Request) -> web.Response:
     require_admin(request)
-    grant_id = _uuid_param(request, "grant_id")
+    grant_id = path_id(request, "grant_id")
     changed = json_model(await service.revoke_grant(request.app[DB_POOL], grant_id))
     _directory_changed(request)
     return changed
@@ -363,7 +344,7 @@ async def admin_revoke_grant(request: web.Request) -> web.Response:
 
 async def admin_create_staff_user(request: web.Request) -> web.Response:
     require_admin(request)
-    clinic_id = _uuid_param(request, "clinic_id")
+    clinic_id = path_id(request, "clinic_id")
     data = await parse_body(request, StaffUserCreate)
     return json_model(
         await service.create_staff_user(request.app[DB_POOL], clinic_id, data), status=201

@@ -30,26 +30,18 @@ from services.bookings.schemas import (
     TimeRange,
     WorkingHoursPut,
 )
-from shared.conditional import etag
 from shared.errors import FieldError, ValidationProblem
 from shared.keys import DB_POOL
 from shared.scopes import BOOKINGS_READ, BOOKINGS_WRITE, CLIENTS_READ
 from shared.tokens import PRINCIPAL, requires
-from shared.web import json_model, parse_body, parse_query
+from shared.web import idempotency_key, json_model, json_tagged, parse_body, parse_query, path_id
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RESOURCE_TYPES = ("practitioner", "service", "insurance", "client", "patient", "booking")
 
 
-def _uuid(request: web.Request, name: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info[name])
-    except ValueError:
-        raise ValidationProblem([FieldError(f"path.{name}", "Not a valid id")]) from None
-
-
 def _clinic(request: web.Request) -> uuid.UUID:
-    return _uuid(request, "clinic_id")
+    return path_id(request, "clinic_id")
 
 
 def _app(request: web.Request) -> uuid.UUID:
@@ -74,13 +66,6 @@ def _resource_type(request: web.Request) -> str:
             [FieldError("path.resource_type", f"One of: {', '.join(RESOURCE_TYPES)}")]
         )
     return value
-
-
-def _idempotency_key(request: web.Request) -> str | None:
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key) <= 255:
-        raise ValidationProblem([FieldError("header.Idempotency-Key", "1 to 255 characters")])
-    return key
 
 
 # --- clinic booking rules ---------------------------------------------------------------------
@@ -142,7 +127,7 @@ def resource_handlers(
             request.app[DB_POOL],
             resource_type=resource_type,
             clinic_id=_clinic(request),
-            resource_id=_uuid(request, "resource_id"),
+            resource_id=path_id(request, "resource_id"),
             app_id=_app(request),
             data=data,  # type: ignore[arg-type]
         )
@@ -154,7 +139,7 @@ def resource_handlers(
             request.app[DB_POOL],
             resource_type=resource_type,
             clinic_id=_clinic(request),
-            resource_id=_uuid(request, "resource_id"),
+            resource_id=path_id(request, "resource_id"),
             app_id=_app(request),
             data=update_model.model_validate({"active": False}),  # type: ignore[arg-type]
         )
@@ -166,7 +151,7 @@ def resource_handlers(
             request.app[DB_POOL],
             resource_type=resource_type,
             clinic_id=_clinic(request),
-            resource_id=_uuid(request, "resource_id"),
+            resource_id=path_id(request, "resource_id"),
             app_id=_app(request),
         )
         return json_model(model)
@@ -260,7 +245,7 @@ async def put_working_hours(request: web.Request) -> web.Response:
         request.app[DB_POOL],
         request.app[DIRECTORY],
         clinic_id=_clinic(request),
-        practitioner_id=_uuid(request, "practitioner_id"),
+        practitioner_id=path_id(request, "practitioner_id"),
         data=data,
     )
     return json_model(hours)
@@ -271,7 +256,7 @@ async def get_working_hours(request: web.Request) -> web.Response:
     hours = await schedules.get_working_hours(
         request.app[DB_POOL],
         clinic_id=_clinic(request),
-        practitioner_id=_uuid(request, "practitioner_id"),
+        practitioner_id=path_id(request, "practitioner_id"),
     )
     return json_model(hours)
 
@@ -283,7 +268,7 @@ async def put_slots(request: web.Request) -> web.Response:
         request.app[DB_POOL],
         request.app[DIRECTORY],
         clinic_id=_clinic(request),
-        practitioner_id=_uuid(request, "practitioner_id"),
+        practitioner_id=path_id(request, "practitioner_id"),
         day=_day(request),
         data=data,
     )
@@ -296,7 +281,7 @@ async def get_slots(request: web.Request) -> web.Response:
         request.app[DB_POOL],
         request.app[DIRECTORY],
         clinic_id=_clinic(request),
-        practitioner_id=_uuid(request, "practitioner_id"),
+        practitioner_id=path_id(request, "practitioner_id"),
         day=_day(request),
     )
     return json_model(day)
@@ -309,7 +294,7 @@ async def create_break(request: web.Request) -> web.Response:
         request.app[DB_POOL],
         request.app[DIRECTORY],
         clinic_id=_clinic(request),
-        practitioner_id=_uuid(request, "practitioner_id"),
+        practitioner_id=path_id(request, "practitioner_id"),
         data=data,
     )
     return json_model(created, status=201)
@@ -321,8 +306,8 @@ async def delete_break(request: web.Request) -> web.Response:
         request.app[DB_POOL],
         request.app[DIRECTORY],
         clinic_id=_clinic(request),
-        practitioner_id=_uuid(request, "practitioner_id"),
-        break_id=_uuid(request, "break_id"),
+        practitioner_id=path_id(request, "practitioner_id"),
+        break_id=path_id(request, "break_id"),
     )
     return web.Response(status=204)
 
@@ -355,7 +340,7 @@ async def list_breaks(request: web.Request) -> web.Response:
         request.app[DB_POOL],
         request.app[DIRECTORY],
         clinic_id=_clinic(request),
-        practitioner_id=_uuid(request, "practitioner_id"),
+        practitioner_id=path_id(request, "practitioner_id"),
         start=span.start,
         end=span.end,
     )
@@ -374,10 +359,6 @@ async def search_availability(request: web.Request) -> web.Response:
 # --- bookings ---------------------------------------------------------------------------------
 
 
-def _with_etag(model: BaseModel, version: int, *, status: int = 200) -> web.Response:
-    return json_model(model, status=status, headers={"ETag": etag(version)})
-
-
 @requires(BOOKINGS_WRITE)
 async def create_booking(request: web.Request) -> web.Response:
     data = await parse_body(request, BookingCreate)
@@ -387,9 +368,9 @@ async def create_booking(request: web.Request) -> web.Response:
         clinic_id=_clinic(request),
         app_id=_app(request),
         data=data,
-        idempotency_key=_idempotency_key(request),
+        idempotency_key=idempotency_key(request),
     )
-    response = _with_etag(booking, booking.version, status=201)
+    response = json_tagged(booking, booking.version, status=201)
     response.headers["Location"] = f"{request.path.rstrip('/')}/{booking.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -403,9 +384,9 @@ async def get_booking(request: web.Request) -> web.Response:
         request.app[DIRECTORY],
         clinic_id=_clinic(request),
         app_id=_app(request),
-        booking_id=_uuid(request, "booking_id"),
+        booking_id=path_id(request, "booking_id"),
     )
-    return _with_etag(booking, booking.version)
+    return json_tagged(booking, booking.version)
 
 
 @requires(BOOKINGS_READ)
@@ -428,11 +409,11 @@ async def reschedule_booking(request: web.Request) -> web.Response:
         request.app[DIRECTORY],
         clinic_id=_clinic(request),
         app_id=_app(request),
-        booking_id=_uuid(request, "booking_id"),
+        booking_id=path_id(request, "booking_id"),
         data=data,
         if_match=request.headers.get("If-Match"),
     )
-    return _with_etag(booking, booking.version)
+    return json_tagged(booking, booking.version)
 
 
 @requires(BOOKINGS_WRITE)
@@ -443,11 +424,11 @@ async def cancel_booking(request: web.Request) -> web.Response:
         request.app[DIRECTORY],
         clinic_id=_clinic(request),
         app_id=_app(request),
-        booking_id=_uuid(request, "booking_id"),
+        booking_id=path_id(request, "booking_id"),
         data=data,
         if_match=request.headers.get("If-Match"),
     )
-    return _with_etag(booking, booking.version)
+    return json_tagged(booking, booking.version)
 
 
 @requires(BOOKINGS_WRITE)
@@ -458,11 +439,11 @@ async def change_booking_status(request: web.Request) -> web.Response:
         request.app[DIRECTORY],
         clinic_id=_clinic(request),
         app_id=_app(request),
-        booking_id=_uuid(request, "booking_id"),
+        booking_id=path_id(request, "booking_id"),
         data=data,
         if_match=request.headers.get("If-Match"),
     )
-    return _with_etag(booking, booking.version)
+    return json_tagged(booking, booking.version)
 
 
 # --- client search ----------------------------------------------------------------------------

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hmac
 import uuid
 
 from aiohttp import web
-from pydantic import BaseModel
 
 from services.registrations import service
 from services.registrations.keys import DIRECTORY, MATCH_LIMIT, REGISTRATIONS_SETTINGS
@@ -19,48 +17,31 @@ from services.registrations.schemas import (
     PatientUpdate,
     RegistrationCreate,
 )
-from shared.conditional import etag
-from shared.errors import FieldError, Unauthorized, ValidationProblem
 from shared.keys import DB_POOL
 from shared.scopes import CLIENTS_READ, REGISTRATIONS_WRITE
 from shared.tokens import PRINCIPAL, requires
-from shared.web import json_model, parse_body, parse_query
-
-
-def _uuid(request: web.Request, name: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info[name])
-    except ValueError:
-        raise ValidationProblem([FieldError(f"path.{name}", "Not a valid id")]) from None
+from shared.web import (
+    idempotency_key,
+    json_model,
+    json_tagged,
+    parse_body,
+    parse_query,
+    path_id,
+    require_bearer,
+)
 
 
 def _clinic(request: web.Request) -> uuid.UUID:
-    return _uuid(request, "clinic_id")
+    return path_id(request, "clinic_id")
 
 
 def _app(request: web.Request) -> uuid.UUID:
     return request[PRINCIPAL].application_id
 
 
-def _idempotency_key(request: web.Request) -> str | None:
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key) <= 255:
-        raise ValidationProblem([FieldError("header.Idempotency-Key", "1 to 255 characters")])
-    return key
-
-
 def _require_admin(request: web.Request) -> None:
-    """The operator's credential, compared in constant time."""
-    expected = request.app[REGISTRATIONS_SETTINGS].admin_token.get_secret_value()
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        token.strip().encode(), expected.encode()
-    ):
-        raise Unauthorized("Operator credentials required", error="invalid_token")
-
-
-def _tagged(model: BaseModel, version: int, *, status: int = 200) -> web.Response:
-    return json_model(model, status=status, headers={"ETag": etag(version)})
+    """The operator's credential."""
+    require_bearer(request, request.app[REGISTRATIONS_SETTINGS].admin_token, "Operator")
 
 
 def _client_url(clinic_id: uuid.UUID, client_id: uuid.UUID) -> str:
@@ -80,7 +61,7 @@ async def get_registration_form(request: web.Request) -> web.Response:
 
 async def get_group_form(request: web.Request) -> web.Response:
     _require_admin(request)
-    form = await service.group_form(request.app[DB_POOL], group_id=_uuid(request, "group_id"))
+    form = await service.group_form(request.app[DB_POOL], group_id=path_id(request, "group_id"))
     return json_model(form)
 
 
@@ -88,14 +69,16 @@ async def change_group_form(request: web.Request) -> web.Response:
     _require_admin(request)
     data = await parse_body(request, GroupFormUpdate)
     form = await service.change_group_form(
-        request.app[DB_POOL], group_id=_uuid(request, "group_id"), data=data
+        request.app[DB_POOL], group_id=path_id(request, "group_id"), data=data
     )
     return json_model(form)
 
 
 async def reset_group_form(request: web.Request) -> web.Response:
     _require_admin(request)
-    form = await service.reset_group_form(request.app[DB_POOL], group_id=_uuid(request, "group_id"))
+    form = await service.reset_group_form(
+        request.app[DB_POOL], group_id=path_id(request, "group_id")
+    )
     return json_model(form)
 
 
@@ -131,9 +114,9 @@ async def register(request: web.Request) -> web.Response:
         clinic_id=clinic_id,
         app_id=_app(request),
         data=data,
-        idempotency_key=_idempotency_key(request),
+        idempotency_key=idempotency_key(request),
     )
-    response = _tagged(client, client.version, status=201)
+    response = json_tagged(client, client.version, status=201)
     response.headers["Location"] = _client_url(clinic_id, client.id)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -157,9 +140,9 @@ async def get_client(request: web.Request) -> web.Response:
         request.app[DB_POOL],
         request.app[DIRECTORY],
         clinic_id=_clinic(request),
-        client_id=_uuid(request, "client_id"),
+        client_id=path_id(request, "client_id"),
     )
-    return _tagged(client, client.version)
+    return json_tagged(client, client.version)
 
 
 @requires(REGISTRATIONS_WRITE)
@@ -170,11 +153,11 @@ async def update_client(request: web.Request) -> web.Response:
         request.app[DIRECTORY],
         clinic_id=_clinic(request),
         app_id=_app(request),
-        client_id=_uuid(request, "client_id"),
+        client_id=path_id(request, "client_id"),
         data=data,
         if_match=request.headers.get("If-Match"),
     )
-    return _tagged(client, client.version)
+    return json_tagged(client, client.version)
 
 
 @requires(REGISTRATIONS_WRITE)
@@ -186,11 +169,11 @@ async def add_patient(request: web.Request) -> web.Response:
         request.app[DIRECTORY],
         clinic_id=clinic_id,
         app_id=_app(request),
-        client_id=_uuid(request, "client_id"),
+        client_id=path_id(request, "client_id"),
         data=data,
-        idempotency_key=_idempotency_key(request),
+        idempotency_key=idempotency_key(request),
     )
-    response = _tagged(patient, patient.version, status=201)
+    response = json_tagged(patient, patient.version, status=201)
     response.headers["Location"] = f"/v1/clinics/{clinic_id}/patients/{patient.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -203,9 +186,9 @@ async def get_patient(request: web.Request) -> web.Response:
         request.app[DB_POOL],
         request.app[DIRECTORY],
         clinic_id=_clinic(request),
-        patient_id=_uuid(request, "patient_id"),
+        patient_id=path_id(request, "patient_id"),
     )
-    return _tagged(patient, patient.version)
+    return json_tagged(patient, patient.version)
 
 
 @requires(REGISTRATIONS_WRITE)
@@ -215,11 +198,11 @@ async def update_patient(request: web.Request) -> web.Response:
         request.app[DB_POOL],
         request.app[DIRECTORY],
         clinic_id=_clinic(request),
-        patient_id=_uuid(request, "patient_id"),
+        patient_id=path_id(request, "patient_id"),
         data=data,
         if_match=request.headers.get("If-Match"),
     )
-    return _tagged(patient, patient.version)
+    return json_tagged(patient, patient.version)
 
 
 # --- erasure ----------------------------------------------------------------------------------
@@ -231,17 +214,17 @@ async def erase_client(request: web.Request) -> web.Response:
         request.app[DB_POOL],
         request.app[DIRECTORY],
         clinic_id=_clinic(request),
-        client_id=_uuid(request, "client_id"),
+        client_id=path_id(request, "client_id"),
     )
-    return _tagged(client, client.version)
+    return json_tagged(client, client.version)
 
 
 async def operator_erase_client(request: web.Request) -> web.Response:
     _require_admin(request)
     client = await service.erase_client(
         request.app[DB_POOL],
-        group_id=_uuid(request, "group_id"),
-        client_id=_uuid(request, "client_id"),
+        group_id=path_id(request, "group_id"),
+        client_id=path_id(request, "client_id"),
         clinic_id=None,
     )
-    return _tagged(client, client.version)
+    return json_tagged(client, client.version)
