@@ -39,13 +39,20 @@ from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-import aio_pika
 import aiohttp
 import asyncpg
 from aiohttp import web
 from asyncpg import Range
 
-from bench.harness import bench_database, bench_tenant, free_port, server_process, table, wait_http
+from bench.harness import (
+    bench_database,
+    bench_platform,
+    bench_tenant,
+    free_port,
+    server_process,
+    table,
+    wait_http,
+)
 from bench.load import LoadResult
 from services.bookings import store
 from services.bookings.settings import BookingsSettings
@@ -642,56 +649,13 @@ def _contention_table(rows: list[Contention]) -> str:
 # --- the run ----------------------------------------------------------------------------------
 
 
-async def _remove_broker_objects(exchange: str, prefix: str) -> None:
-    """The bench's exchanges and the service's durable queues go when the bench ends."""
-    url = BookingsSettings().amqp_url
-    try:
-        connection = await aio_pika.connect(url)
-    except (OSError, aio_pika.exceptions.AMQPError):
-        return
-    async with connection:
-        channel = await connection.channel()
-        for name in (f"{prefix}.bookings.projections", f"{prefix}.bookings.projections.dead"):
-            await channel.queue_delete(name)
-        for name in (exchange, f"{exchange}.dlx"):
-            await channel.exchange_delete(name)
-
-
 async def run() -> tuple[str, Figures]:
-    run_id = uuid.uuid4().hex[:6]
-    exchange, prefix = f"vetgate.bench.{run_id}", f"vetgate-bench-{run_id}"
-    try:
-        return await _run(exchange, prefix)
-    finally:
-        await _remove_broker_objects(exchange, prefix)
-
-
-async def _run(exchange: str, prefix: str) -> tuple[str, Figures]:
     today = datetime.now(LONDON).date()
     async with bench_database() as dsn:
         made = await bench_tenant(dsn, scopes=["bookings:read", "bookings:write"])
         tenant = (made.client_id, made.secret, str(made.clinic_id))
-        auth_port, bookings_port = free_port(), free_port()
-        env = {
-            "DATABASE_URL": dsn,
-            "VETGATE_LOG_LEVEL": "WARNING",
-            "VETGATE_EVENTS_EXCHANGE": exchange,
-            "VETGATE_QUEUE_PREFIX": prefix,
-            # The bench measures bookings, not the tier limits.
-            "VETGATE_TIER_RATES": "[1e9, 1e9, 1e9]",
-            "VETGATE_TIER_BURSTS": "[1000000000, 1000000000, 1000000000]",
-        }
-        auth_url = f"http://127.0.0.1:{auth_port}"
-        bookings_url = f"http://127.0.0.1:{bookings_port}"
-        with (
-            server_process(["-m", "services.auth"], {**env, "VETGATE_PORT": str(auth_port)}),
-            server_process(
-                ["-m", "services.bookings"],
-                {**env, "VETGATE_PORT": str(bookings_port), "VETGATE_AUTH_URL": auth_url},
-            ),
-        ):
-            await wait_http(f"{auth_url}/readyz")
-            await wait_http(f"{bookings_url}/readyz")
+        async with bench_platform(dsn, "bookings", queues=("bookings.projections",)) as platform:
+            auth_url, bookings_url = platform.auth_url, str(platform.service_url)
             pool = await create_pool(
                 dsn, schema="bookings", min_size=2, max_size=BookingsSettings().db_pool_max
             )

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
+import aio_pika
 import aiohttp
 
 from bench.load import LoadResult
@@ -27,6 +29,7 @@ from services.auth.schemas import (
 from services.auth.settings import AuthSettings
 from services.scratch import scratch_database
 from shared.db import create_pool
+from shared.settings import ServiceSettings
 
 
 @dataclass(frozen=True)
@@ -135,3 +138,70 @@ def table(title: str, rows: list[LoadResult], *, baseline: str) -> str:
     out.append("")
     out.append(f"load generator: {rows[0].generator}; every row measured in this run")
     return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class BenchPlatform:
+    """The auth service (and one resource service) running as processes for a bench."""
+
+    auth_url: str
+    service_url: str | None
+
+
+@contextlib.asynccontextmanager
+async def bench_platform(
+    dsn: str,
+    service: str | None = None,
+    *,
+    queues: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[BenchPlatform]:
+    """Start auth and ``service`` on ``dsn`` with a private exchange and queue prefix and the
+    tier limits lifted (a bench measures the work, not the limits); remove the broker objects
+    (the exchanges and ``queues``, named after the prefix) when done."""
+    run_id = secrets.token_hex(3)
+    exchange, prefix = f"vetgate.bench.{run_id}", f"vetgate-bench-{run_id}"
+    common = {
+        "DATABASE_URL": dsn,
+        "VETGATE_LOG_LEVEL": "WARNING",
+        "VETGATE_EVENTS_EXCHANGE": exchange,
+        "VETGATE_QUEUE_PREFIX": prefix,
+        "VETGATE_TIER_RATES": "[1e9, 1e9, 1e9]",
+        "VETGATE_TIER_BURSTS": "[1000000000, 1000000000, 1000000000]",
+        **(env or {}),
+    }
+    auth_port, service_port = free_port(), free_port()
+    auth_url = f"http://127.0.0.1:{auth_port}"
+    service_url = f"http://127.0.0.1:{service_port}" if service else None
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(
+                server_process(["-m", "services.auth"], {**common, "VETGATE_PORT": str(auth_port)})
+            )
+            if service is not None:
+                stack.enter_context(
+                    server_process(
+                        ["-m", f"services.{service}"],
+                        {**common, "VETGATE_PORT": str(service_port), "VETGATE_AUTH_URL": auth_url},
+                    )
+                )
+            await wait_http(f"{auth_url}/readyz")
+            if service_url is not None:
+                await wait_http(f"{service_url}/readyz")
+            yield BenchPlatform(auth_url, service_url)
+    finally:
+        await _remove_broker_objects(exchange, [f"{prefix}.{q}" for q in queues])
+
+
+async def _remove_broker_objects(exchange: str, queues: list[str]) -> None:
+    try:
+        connection = await aio_pika.connect(ServiceSettings().amqp_url)
+    except (OSError, aio_pika.exceptions.AMQPError):
+        return
+    async with connection:
+        channel = await connection.channel()
+        for name in queues:
+            for queue in (name, f"{name}.dead"):
+                await channel.queue_delete(queue)
+        for name in (exchange, f"{exchange}.dlx"):
+            await channel.exchange_delete(name)

@@ -43,7 +43,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import aiohttp
 import asyncpg
 from aiohttp import web
@@ -51,6 +50,7 @@ from aiohttp import web
 from bench.bookings import _app_id, _markdown, _percentile, _token
 from bench.harness import (
     bench_database,
+    bench_platform,
     bench_tenant,
     free_port,
     server_process,
@@ -956,60 +956,18 @@ def _creation_table(rows: list[Creation], generator: str) -> str:
 # --- the run ----------------------------------------------------------------------------------
 
 
-async def _remove_broker_objects(exchange: str, prefix: str) -> None:
-    """The bench's exchanges and the service's durable queues go when the bench ends."""
-    url = RegistrationsSettings().amqp_url
-    try:
-        connection = await aio_pika.connect(url)
-    except (OSError, aio_pika.exceptions.AMQPError):
-        return
-    async with connection:
-        channel = await connection.channel()
-        queue = f"{prefix}.registrations.directory"
-        for name in (queue, f"{queue}.dead"):
-            await channel.queue_delete(name)
-        for name in (exchange, f"{exchange}.dlx"):
-            await channel.exchange_delete(name)
-
-
 async def run() -> tuple[str, tuple[list[Creation], list[LoadResult]]]:
-    run_id = uuid.uuid4().hex[:6]
-    exchange, prefix = f"vetgate.bench.{run_id}", f"vetgate-bench-{run_id}"
-    try:
-        return await _run(exchange, prefix)
-    finally:
-        await _remove_broker_objects(exchange, prefix)
-
-
-async def _run(exchange: str, prefix: str) -> tuple[str, tuple[list[Creation], list[LoadResult]]]:
     people = People(seed=20)
     async with bench_database() as dsn:
         tenant = await bench_tenant(
             dsn, scopes=["registrations:write", "clients:read"], country=COUNTRY
         )
-        auth_port, registrations_port = free_port(), free_port()
-        env = {
-            "DATABASE_URL": dsn,
-            "VETGATE_LOG_LEVEL": "WARNING",
-            "VETGATE_EVENTS_EXCHANGE": exchange,
-            "VETGATE_QUEUE_PREFIX": prefix,
-            # The bench measures registrations, not the tier limits or the match allowance.
-            "VETGATE_TIER_RATES": "[1e9, 1e9, 1e9]",
-            "VETGATE_TIER_BURSTS": "[1000000000, 1000000000, 1000000000]",
-            "VETGATE_MATCH_RATE": "1e9",
-            "VETGATE_MATCH_BURST": "1000000000",
-        }
-        auth_url = f"http://127.0.0.1:{auth_port}"
-        registrations_url = f"http://127.0.0.1:{registrations_port}"
-        with (
-            server_process(["-m", "services.auth"], {**env, "VETGATE_PORT": str(auth_port)}),
-            server_process(
-                ["-m", "services.registrations"],
-                {**env, "VETGATE_PORT": str(registrations_port), "VETGATE_AUTH_URL": auth_url},
-            ),
-        ):
-            await wait_http(f"{auth_url}/readyz")
-            await wait_http(f"{registrations_url}/readyz")
+        # The bench measures registrations, not the match allowance either.
+        allowance = {"VETGATE_MATCH_RATE": "1e9", "VETGATE_MATCH_BURST": "1000000000"}
+        async with bench_platform(
+            dsn, "registrations", queues=("registrations.directory",), env=allowance
+        ) as platform:
+            auth_url, registrations_url = platform.auth_url, str(platform.service_url)
             pool = await create_pool(
                 dsn,
                 schema="registrations",

@@ -9,11 +9,18 @@ from __future__ import annotations
 import base64
 import json
 import os
-import uuid
 
 import aiohttp
 
-from bench.harness import bench_database, bench_tenant, free_port, server_process, table, wait_http
+from bench.harness import (
+    bench_database,
+    bench_platform,
+    bench_tenant,
+    free_port,
+    server_process,
+    table,
+    wait_http,
+)
 from bench.load import LoadResult, run_load
 
 TOKENS = "POST /oauth/token (client credentials)"
@@ -27,25 +34,14 @@ async def run() -> tuple[str, list[LoadResult]]:
     async with bench_database() as dsn:
         tenant = await bench_tenant(dsn, scopes=["bookings:read", "bookings:write"])
         client_id, secret, clinic_id = tenant.client_id, tenant.secret, str(tenant.clinic_id)
-        auth_port = free_port()
-        env = {
-            "DATABASE_URL": dsn,
-            "VETGATE_PORT": str(auth_port),
-            "VETGATE_LOG_LEVEL": "WARNING",
-            "VETGATE_EVENTS_EXCHANGE": f"vetgate.bench.{uuid.uuid4().hex[:6]}",
-            # The bench measures issuance, not the tier limits.
-            "VETGATE_TIER_RATES": "[1e9, 1e9, 1e9]",
-            "VETGATE_TIER_BURSTS": "[1000000000, 1000000000, 1000000000]",
-        }
         body = f"grant_type=client_credentials&clinic_id={clinic_id}"
         credentials = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
         headers = {
             "Content-Type": "application/x-www-form-urlencoded",
             "Authorization": f"Basic {credentials}",
         }
-        token_url = f"http://127.0.0.1:{auth_port}/oauth/token"
-        with server_process(["-m", "services.auth"], env):
-            await wait_http(f"http://127.0.0.1:{auth_port}/healthz")
+        async with bench_platform(dsn) as platform:
+            token_url = f"{platform.auth_url}/oauth/token"
             async with aiohttp.ClientSession() as session:
                 async with session.post(token_url, data=body, headers=headers) as response:
                     sample = await response.read()
