@@ -25,6 +25,8 @@ class Event(BaseModel):
     occurred_at: datetime = Field(default_factory=utcnow)
     clinic_id: uuid.UUID | None = None
     sequence: int = 1
+    # What ``sequence`` counts: one resource, e.g. ``booking:<id>``; receivers order by it.
+    aggregate: str | None = None
     data: dict[str, Any]
 
 
@@ -71,6 +73,7 @@ class ApplicationChanged(BaseModel):
     changed_at: datetime
 
 
+APPLICATION_CREATED = "application.created"
 GRANT_CREATED = "grant.created"
 GRANT_REVOKED = "grant.revoked"
 TOKEN_REVOKED = "token.revoked"
@@ -161,3 +164,31 @@ SERVICE_CREATED = "service.created"
 SERVICE_UPDATED = "service.updated"
 INSURANCE_CREATED = "insurance.created"
 INSURANCE_UPDATED = "insurance.updated"
+
+#: Everything a partner can subscribe to; the rest (tokens, applications) stays inside.
+PARTNER_EVENT_TYPES: frozenset[str] = frozenset(
+    {
+        BOOKING_CREATED,
+        BOOKING_RESCHEDULED,
+        BOOKING_CANCELLED,
+        BOOKING_STATUS_CHANGED,
+        SLOTS_REPLACED,
+        WORKING_HOURS_UPDATED,
+        BREAK_CREATED,
+        BREAK_DELETED,
+        PRACTITIONER_CREATED,
+        PRACTITIONER_UPDATED,
+        SERVICE_CREATED,
+        SERVICE_UPDATED,
+        INSURANCE_CREATED,
+        INSURANCE_UPDATED,
+        CLIENT_REGISTERED,
+        CLIENT_UPDATED,
+        CLIENT_ERASED,
+        PATIENT_REGISTERED,
+        PATIENT_UPDATED,
+        CLINIC_UPDATED,
+        GRANT_CREATED,
+        GRANT_REVOKED,
+    }
+)

@@ -20,12 +20,15 @@ from pydantic import BaseModel
 
 from shared.broker import Broker, BrokerUnavailable
 from shared.db import Connection, fetch_one
+from shared.errors import PayloadTooLarge
 from shared.events import Event, utcnow
 from shared.keys import BROKER, DB_POOL, SETTINGS
 
 log = logging.getLogger("vetgate.outbox")
 
 NOTIFY_PREFIX = "vetgate_outbox_"
+#: The largest event envelope (serialised JSON) that may be emitted: a webhook's body.
+MAX_EVENT_BYTES = 256 * 1024
 
 
 def notify_channel(schema: str) -> str:
@@ -43,7 +46,7 @@ _EMIT = (
         RETURNING last_sequence
     )
     INSERT INTO outbox (event_id, event_type, payload)
-    SELECT $2, $3, jsonb_set($4::jsonb, '{sequence}', to_jsonb(seq.last_sequence)) FROM seq
+    SELECT $2, $3, jsonb_set($4::text::jsonb, '{sequence}', to_jsonb(seq.last_sequence)) FROM seq
     RETURNING (payload ->> 'sequence')::bigint AS sequence,
               pg_notify('"""
     + NOTIFY_PREFIX
@@ -60,12 +63,27 @@ async def emit(
     aggregate: str,
     clinic_id: uuid.UUID | None = None,
 ) -> Event:
-    """Write an event to the outbox in the caller's transaction."""
+    """Write an event to the outbox in the caller's transaction.
+
+    An event too large to deliver as a webhook is refused here, before anything is committed.
+    """
     payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
-    draft = Event(type=event_type, clinic_id=clinic_id, occurred_at=utcnow(), data=payload)
-    row = await fetch_one(
-        conn, _EMIT, aggregate, draft.id, draft.type, draft.model_dump(mode="json")
+    draft = Event(
+        type=event_type,
+        clinic_id=clinic_id,
+        aggregate=aggregate,
+        occurred_at=utcnow(),
+        data=payload,
     )
+    body = draft.model_dump_json()
+    if len(body) > MAX_EVENT_BYTES:
+        raise PayloadTooLarge(
+            f"The {event_type} event would be {len(body)} bytes; events are limited to "
+            f"{MAX_EVENT_BYTES} bytes so that every webhook receiver can take them",
+            slug="event-too-large",
+            title="Event too large",
+        )
+    row = await fetch_one(conn, _EMIT, aggregate, draft.id, draft.type, body)
     return draft.model_copy(update={"sequence": row["sequence"]})
 
 

@@ -37,7 +37,7 @@ from shared.web import base_app
 ADMIN_TOKEN = "test-admin-" + secrets.token_hex(16)
 RUN_ID = secrets.token_hex(4)
 #: Durable queues the services declare, by name after the queue prefix.
-SERVICE_QUEUES = ("bookings.projections", "registrations.directory")
+SERVICE_QUEUES = ("bookings.projections", "registrations.directory", "callbacks.intake")
 
 
 @pytest.fixture(scope="session")

@@ -210,6 +210,16 @@ async def internal_revocations(request: web.Request) -> web.Response:
     )
 
 
+async def internal_access(request: web.Request) -> web.Response:
+    """Clinics, applications and grants as events, for services that route events to partners."""
+    require_bearer(request, request.app[AUTH_SETTINGS].internal_token, "Internal")
+    snapshot = await service.access_snapshot(request.app[DB_POOL])
+    return web.json_response(
+        {"events": [event.model_dump(mode="json") for event in snapshot]},
+        headers=NO_STORE,
+    )
+
+
 async def internal_clinic(request: web.Request) -> web.Response:
     """A directory entry, for services that keep a projection of clinics."""
     require_bearer(request, request.app[AUTH_SETTINGS].internal_token, "Internal")

@@ -78,6 +78,14 @@ def build_api() -> Api:
 
     api.add(
         "GET",
+        "/internal/v1/access",
+        h.internal_access,
+        "Every clinic, application and grant as events (service-to-service; not routed)",
+        tags=("internal",),
+    )
+
+    api.add(
+        "GET",
         "/internal/v1/clinics/{clinic_id}",
         h.internal_clinic,
         "One directory entry (service-to-service; not routed by the gateway)",

@@ -185,6 +185,12 @@ async def create_application(
             client_id=crypto.new_client_id(data.environment),
             **data.model_dump(),
         )
+        await emit(
+            conn,
+            events.APPLICATION_CREATED,
+            _app_event(row),
+            aggregate=f"application:{row['id']}",
+        )
     return ApplicationCredentials(**dict(row), client_secret=secret)
 
 
@@ -387,6 +393,47 @@ async def revocations_in_force(pool: asyncpg.Pool, settings: AuthSettings) -> li
     snapshot += [
         Event(type=events.APPLICATION_SUSPENDED, data=_app_event(r).model_dump(mode="json"))
         for r in found["applications"]
+    ]
+    return snapshot
+
+
+async def access_snapshot(pool: asyncpg.Pool) -> list[Event]:
+    """Every clinic, application and grant, as the events that would have announced them.
+
+    A service that keeps a projection of who may see what starts from this, then follows the
+    events; applying an event twice, or an older one after a newer, changes nothing.
+    """
+    async with pool.acquire() as conn:
+        found = await store.access_snapshot(conn)
+    snapshot = [
+        Event(
+            type=events.CLINIC_UPDATED,
+            clinic_id=r["id"],
+            data=ClinicChanged(
+                clinic_id=r["id"],
+                group_id=r["group_id"],
+                name=r["name"],
+                time_zone=r["time_zone"],
+                country=r["country"],
+                sandbox=r["sandbox"],
+                changed_at=r["updated_at"],
+            ).model_dump(mode="json"),
+        )
+        for r in found["clinics"]
+    ]
+    snapshot += [
+        Event(type=events.APPLICATION_UPDATED, data=_app_event(r).model_dump(mode="json"))
+        for r in found["applications"]
+    ]
+    snapshot += [
+        Event(
+            type=events.GRANT_CREATED if r["revoked_at"] is None else events.GRANT_REVOKED,
+            clinic_id=r["clinic_id"],
+            data=_grant_event(r, r["client_id"], r["revoked_at"] or r["created_at"]).model_dump(
+                mode="json"
+            ),
+        )
+        for r in found["grants"]
     ]
     return snapshot
 

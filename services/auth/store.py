@@ -388,6 +388,19 @@ async def revocations_in_force(conn: Connection, window_seconds: float) -> dict[
     return {"tokens": tokens, "grants": grants, "applications": applications}
 
 
+async def access_snapshot(conn: Connection) -> dict[str, list[Record]]:
+    """Every clinic, application and grant: who may see which clinic's events."""
+    clinics = await conn.fetch(f"SELECT {_CLINIC_COLUMNS} FROM clinics")
+    applications = await conn.fetch(f"SELECT {_APP_COLUMNS} FROM applications")
+    grants = await conn.fetch(
+        f"""
+        SELECT {", ".join("g." + c.strip() for c in _GRANT_COLUMNS.split(","))}, a.client_id
+        FROM grants g JOIN applications a ON a.id = g.application_id
+        """
+    )
+    return {"clinics": clinics, "applications": applications, "grants": grants}
+
+
 async def purge_expired_revocations(conn: Connection) -> int:
     result: str = await conn.execute("DELETE FROM revoked_tokens WHERE expires_at < now()")
     return int(result.split()[-1])

@@ -1,11 +1,81 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
+from services.callbacks import store
+from services.callbacks.consumers import intake_ctx
+from services.callbacks.dispatcher import Dispatcher, Keys
+from services.callbacks.keys import CALLBACKS_SETTINGS, CONTEXT, DISPATCHER
+from services.callbacks.mail import Mailer
+from services.callbacks.monitor import Monitor
 from services.callbacks.routes import build_api
+from services.callbacks.sender import Outcome, Sender, delivery_session
+from services.callbacks.service import Context
 from services.callbacks.settings import CallbacksSettings
+from services.callbacks.signing import SecretBox
 from services.resource_app import resource_app
+from shared.db import Connection
+from shared.housekeeping import EXTRA_PURGES
+from shared.keys import DB_POOL, METRICS
 
 
 def create_app(settings: CallbacksSettings) -> web.Application:
-    return resource_app(settings, build_api())
+    app = resource_app(settings, build_api())
+    app[CALLBACKS_SETTINGS] = settings
+
+    async def purge_events(conn: Connection) -> int:
+        return await store.purge_events(conn, settings.feed_retention_days)
+
+    async def purge_mail(conn: Connection) -> int:
+        return await store.purge_mail(conn, settings.attempt_retention_days)
+
+    app[EXTRA_PURGES] = (purge_events, purge_mail)
+    app.cleanup_ctx.extend([workers_ctx, intake_ctx])
+    return app
+
+
+async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the delivery session, and the delivery, monitoring and mail loops."""
+    settings = app[CALLBACKS_SETTINGS]
+    pool = app[DB_POOL]
+    attempts = app[METRICS].counter(
+        "vetgate_webhook_attempts_total", "Webhook delivery attempts by result", ["result"]
+    )
+
+    def count(outcome: Outcome) -> None:
+        if outcome.succeeded:
+            result = "success"
+        elif outcome.status_code is None:
+            result = "error"
+        else:
+            result = "http_" + str(outcome.status_code // 100) + "xx"
+        attempts.labels(result).inc()
+
+    async with delivery_session(settings) as session:
+        sender = Sender(
+            session,
+            allowed_hosts=settings.webhook_allowed_hosts,
+            excerpt_bytes=settings.response_excerpt_bytes,
+        )
+        box = SecretBox(settings.webhook_secrets_key.get_secret_value())
+        keys = Keys(box)
+        mailer = Mailer(pool, settings)
+        dispatcher = Dispatcher(pool, sender, keys, settings, on_mail=mailer.wake, on_attempt=count)
+        monitor = Monitor(pool, sender, keys, settings, on_mail=mailer.wake)
+        app[DISPATCHER] = dispatcher
+        app[CONTEXT] = Context(pool, settings, box, keys, sender, dispatcher)
+        tasks = [
+            asyncio.create_task(dispatcher.run(), name="deliveries"),
+            asyncio.create_task(monitor.run(), name="monitor"),
+            asyncio.create_task(mailer.run(), name="mail"),
+        ]
+        yield
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -28,7 +28,7 @@ from tests.conftest import private_schema_pool
 
 SCHEMA = "outbox_test"
 DEAD_BROKER_URL = "amqp://guest:guest@127.0.0.1:1/"
-ENVELOPE_KEYS = {"id", "type", "occurred_at", "clinic_id", "sequence", "data"}
+ENVELOPE_KEYS = {"id", "type", "occurred_at", "clinic_id", "sequence", "aggregate", "data"}
 
 
 async def eventually(
