@@ -140,6 +140,8 @@ async def up() -> None:
     """`make run`: database, migrations, sandbox, all services and the gateway."""
     if not os.environ.get("DATABASE_URL") and not os.environ.get("VETGATE_DATABASE_URL"):
         os.environ["DATABASE_URL"] = embedded_database()
+    # A sandbox partner tries webhooks against a receiver on this machine first.
+    os.environ.setdefault("VETGATE_WEBHOOK_ALLOWED_HOSTS", '["127.0.0.1", "localhost"]')
     settings = AuthSettings()
     _check_broker(settings.amqp_url)
     await migrate(settings.database_url)
@@ -175,6 +177,8 @@ Sandbox credentials
 Try:
   curl -s -u {credentials["client_id"]}:{credentials["client_secret"]} \\
        -d grant_type=client_credentials -d clinic_id={credentials["clinic_id"]} {base}/oauth/token
+  (webhooks and the event feed take an application token: -d scope="webhooks:manage events:read"
+   instead of clinic_id; receivers on 127.0.0.1/localhost are allowed in this sandbox)
 
 Ctrl-C stops everything.""",
         flush=True,

@@ -124,11 +124,16 @@ class Dispatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=backoff)
         finally:
+            for task in list(self._inflight):
+                task.cancel()
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
-            for task in list(self._inflight):
-                task.cancel()
+            # What finished before the stop is recorded now rather than sent again after the
+            # leases run out.
+            if self._pending:
+                with contextlib.suppress(*_DB_ERRORS):
+                    await asyncio.wait_for(self.write(self._pending), timeout=5.0)
 
     async def _claim(self, limit: int) -> int:
         token = uuid.uuid4()

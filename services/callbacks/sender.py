@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -92,8 +91,6 @@ class Sender:
             return done(error="timed out")
         except aiohttp.ClientError as exc:
             return done(error=f"{type(exc).__name__}: {exc}"[:500])
-        except asyncio.CancelledError:
-            raise
 
 
 @asynccontextmanager

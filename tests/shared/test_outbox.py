@@ -22,8 +22,9 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from shared.broker import Broker, BrokerUnavailable
+from shared.errors import PayloadTooLarge
 from shared.events import Event
-from shared.outbox import OutboxRelay, emit, notify_channel
+from shared.outbox import MAX_EVENT_BYTES, OutboxRelay, emit, notify_channel
 from tests.conftest import private_schema_pool
 
 SCHEMA = "outbox_test"
@@ -199,6 +200,34 @@ async def test_emit_in_rolled_back_transaction_leaves_nothing(pool: asyncpg.Pool
         async with conn.transaction():
             again = await emit(conn, "outboxtest.rolled.back", {"a": 2}, aggregate=aggregate)
         assert again.sequence == 1
+
+
+async def test_an_event_over_256_kb_is_refused_before_anything_is_written(
+    pool: asyncpg.Pool,
+) -> None:
+    aggregate = f"agg-{uuid.uuid4()}"
+    async with pool.acquire() as conn:
+        with pytest.raises(PayloadTooLarge) as refused:
+            async with conn.transaction():
+                await emit(
+                    conn, "outboxtest.big", {"blob": "x" * MAX_EVENT_BYTES}, aggregate=aggregate
+                )
+        assert refused.value.slug == "event-too-large"
+        assert refused.value.status == 413
+        assert "outboxtest.big" in refused.value.detail
+        count = await conn.fetchval(
+            "SELECT count(*) FROM outbox WHERE payload ->> 'aggregate' = $1", aggregate
+        )
+        assert count == 0
+        # Just under the limit is fine.
+        async with conn.transaction():
+            event = await emit(
+                conn,
+                "outboxtest.big",
+                {"blob": "x" * (MAX_EVENT_BYTES - 1024)},
+                aggregate=aggregate,
+            )
+        assert event.aggregate == aggregate
 
 
 async def test_emit_in_committed_transaction_writes_the_envelope(pool: asyncpg.Pool) -> None:
