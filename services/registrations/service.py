@@ -358,10 +358,26 @@ def _consent_answers(
     return answers
 
 
+#: Indexed lists by (group, version of its form): building them is the costliest step of a
+#: registration, and a form changes rarely. The version is read on every use, so a change made
+#: through any copy of the service is seen at once.
+_LOOKUPS: dict[tuple[uuid.UUID | None, datetime | None], Lookups] = {}
+_LOOKUPS_MAX = 1024
+
+
 async def _lookups(pool: asyncpg.Pool, group_id: uuid.UUID) -> Lookups:
     async with pool.acquire() as conn:
-        lists, _ = await _lists(conn, group_id)
-    return Lookups.of(lists)
+        version = await store.group_form_version(conn, group_id)
+        # Every group on the defaults shares one entry.
+        key = (group_id, version) if version is not None else (None, None)
+        found = _LOOKUPS.get(key)
+        if found is None:
+            lists, _ = await _lists(conn, group_id)
+            found = Lookups.of(lists)
+            if len(_LOOKUPS) >= _LOOKUPS_MAX:
+                _LOOKUPS.clear()
+            _LOOKUPS[key] = found
+    return found
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -632,14 +648,20 @@ async def _write_registration(
 ) -> ClientRead:
     """Insert the client, pets, consents and request key, and emit their events."""
     client_id = uuid.uuid4()
-    await store.insert_client(
+    # The answer is built from what the inserts return: reading it back would cost three more
+    # round trips on the busiest write of the service.
+    row = await store.insert_client(
         conn, client_id, group_id=clinic.group_id, clinic_id=clinic.clinic_id, values=client_values
     )
-    for values in patients:
-        await store.insert_patient(
-            conn, uuid.uuid4(), group_id=clinic.group_id, client_id=client_id, values=values
+    pets = [
+        _patient(
+            await store.insert_patient(
+                conn, uuid.uuid4(), group_id=clinic.group_id, client_id=client_id, values=values
+            )
         )
-    await store.record_consents(
+        for values in patients
+    ]
+    consents = await store.record_consents(
         conn, client_id, clinic_id=clinic.clinic_id, application_id=app_id, answers=answers
     )
     key, digest = request
@@ -654,7 +676,11 @@ async def _write_registration(
             client_id=client_id,
             resource_id=client_id,
         )
-    client = await _read(conn, clinic.group_id, client_id)
+    client = _client(
+        row,
+        pets,
+        [ConsentRead.model_validate(dict(c)) for c in sorted(consents, key=lambda c: c["code"])],
+    )
     await _emit_client(conn, events.CLIENT_REGISTERED, client, clinic.clinic_id)
     for patient in client.patients:
         await _emit_patient(
@@ -676,15 +702,8 @@ async def register(
     identical request. An exact duplicate in the group is refused with the existing id."""
     clinic = await directory.get(clinic_id)
     digest = request_hash(data)
-    if idempotency_key is not None:
-        previous = await _replay(
-            pool, clinic, app_id=app_id, operation=REGISTRATION, key=idempotency_key, digest=digest
-        )
-        if previous is not None:
-            return await get_client(
-                pool, directory, clinic_id=clinic_id, client_id=previous["client_id"]
-            ), False
-
+    # A retry with the same Idempotency-Key is found when its write is refused (the key, or the
+    # client it registered, is taken), so the usual first request pays no look-up for it.
     lookups = await _lookups(pool, clinic.group_id)
     problems = Problems()
     client_values = _client_values(data.client, clinic, lookups, problems)

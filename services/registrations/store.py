@@ -53,6 +53,14 @@ async def get_group_form(conn: Connection, group_id: uuid.UUID) -> Record | None
     )
 
 
+async def group_form_version(conn: Connection, group_id: uuid.UUID) -> datetime | None:
+    """When the group's lists last changed; None while it uses the defaults."""
+    version: datetime | None = await conn.fetchval(
+        "SELECT updated_at FROM group_forms WHERE group_id = $1", group_id
+    )
+    return version
+
+
 async def change_group_form(
     conn: Connection, group_id: uuid.UUID, replace: dict[str, Any], reset: list[str]
 ) -> Record:
@@ -112,12 +120,13 @@ async def insert_client(
     group_id: uuid.UUID,
     clinic_id: uuid.UUID,
     values: dict[str, Any],
-) -> None:
+) -> Record:
     columns = [c for c in CLIENT_COLUMNS if c in values]
     placeholders = ", ".join(f"${i + 4}" for i in range(len(columns)))
-    await conn.execute(
+    return await fetch_one(
+        conn,
         f"INSERT INTO clients (id, group_id, registered_clinic_id, {', '.join(columns)}) "
-        f"VALUES ($1, $2, $3, {placeholders})",
+        f"VALUES ($1, $2, $3, {placeholders}) RETURNING {_CLIENT}",
         client_id,
         group_id,
         clinic_id,
@@ -270,12 +279,14 @@ async def insert_patient(
     group_id: uuid.UUID,
     client_id: uuid.UUID,
     values: dict[str, Any],
-) -> None:
-    await conn.execute(
-        """
+) -> Record:
+    return await fetch_one(
+        conn,
+        f"""
         INSERT INTO patients (id, group_id, client_id, name, species, breed, sex, date_of_birth,
                               neutered, microchip)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+        RETURNING {_PATIENT}
         """,
         patient_id,
         group_id,
@@ -334,15 +345,25 @@ async def record_consents(
     clinic_id: uuid.UUID,
     application_id: uuid.UUID | None,
     answers: list[tuple[str, bool, str]],
-) -> None:
-    """Append (code, granted, text shown) answers to the client's consent record."""
-    await conn.executemany(
-        "INSERT INTO consents (client_id, code, granted, text, clinic_id, application_id) "
-        "VALUES ($1, $2, $3, $4, $5, $6)",
-        [
-            (client_id, code, granted, text, clinic_id, application_id)
-            for code, granted, text in answers
-        ],
+) -> list[Record]:
+    """Append (code, granted, text shown) answers to the client's consent record; returns the
+    rows written, by code."""
+    if not answers:
+        return []
+    return await conn.fetch(
+        """
+        INSERT INTO consents (client_id, code, granted, text, clinic_id, application_id)
+        SELECT $1, a.code, a.granted, a.text, $2, $3
+        FROM unnest($4::text[], $5::boolean[], $6::text[]) AS a(code, granted, text)
+        ORDER BY a.code
+        RETURNING client_id, code, granted, text, recorded_at
+        """,
+        client_id,
+        clinic_id,
+        application_id,
+        [a[0] for a in answers],
+        [a[1] for a in answers],
+        [a[2] for a in answers],
     )
 
 
