@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -19,7 +20,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from shared.broker import Broker, BrokerUnavailable
-from shared.db import Connection, fetch_one
+from shared.db import Connection
 from shared.errors import PayloadTooLarge
 from shared.events import Event, utcnow
 from shared.keys import BROKER, DB_POOL, SETTINGS
@@ -36,23 +37,46 @@ def notify_channel(schema: str) -> str:
     return NOTIFY_PREFIX + schema
 
 
-# One round trip: allocate the aggregate's next sequence (rolled back with the transaction),
-# write the envelope with it, and notify the schema's relays (delivered at commit).
+# One round trip for any number of events: allocate each aggregate's next sequences (rolled back
+# with the transaction), write the envelopes with them in the order given, and notify the
+# schema's relays (delivered at commit).
 _EMIT = (
     """
-    WITH seq AS (
-        INSERT INTO event_sequences (aggregate, last_sequence) VALUES ($1, 1)
-        ON CONFLICT (aggregate) DO UPDATE SET last_sequence = event_sequences.last_sequence + 1
-        RETURNING last_sequence
+    WITH input AS (
+        SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[])
+            WITH ORDINALITY AS i(aggregate, event_id, event_type, body, n)
+    ), counts AS (
+        SELECT aggregate, count(*) AS k FROM input GROUP BY aggregate
+    ), seq AS (
+        INSERT INTO event_sequences (aggregate, last_sequence) SELECT aggregate, k FROM counts
+        ON CONFLICT (aggregate)
+        DO UPDATE SET last_sequence = event_sequences.last_sequence + EXCLUDED.last_sequence
+        RETURNING aggregate, last_sequence
+    ), numbered AS (
+        SELECT i.event_id, i.event_type, i.body, i.n,
+               seq.last_sequence - count(*) OVER w + row_number() OVER (w ORDER BY i.n) AS sequence
+        FROM input i JOIN seq USING (aggregate)
+        WINDOW w AS (PARTITION BY i.aggregate)
     )
     INSERT INTO outbox (event_id, event_type, payload)
-    SELECT $2, $3, jsonb_set($4::text::jsonb, '{sequence}', to_jsonb(seq.last_sequence)) FROM seq
-    RETURNING (payload ->> 'sequence')::bigint AS sequence,
+    SELECT event_id, event_type, jsonb_set(body::jsonb, '{sequence}', to_jsonb(sequence))
+    FROM numbered ORDER BY n
+    RETURNING event_id, (payload ->> 'sequence')::bigint AS sequence,
               pg_notify('"""
     + NOTIFY_PREFIX
     + """' || current_schema(), '') AS notified
 """
 )
+
+
+@dataclass(frozen=True)
+class Draft:
+    """An event to emit: its type, payload, the aggregate it counts in, and its clinic."""
+
+    event_type: str
+    data: BaseModel | dict[str, Any]
+    aggregate: str
+    clinic_id: uuid.UUID | None = None
 
 
 async def emit(
@@ -63,28 +87,49 @@ async def emit(
     aggregate: str,
     clinic_id: uuid.UUID | None = None,
 ) -> Event:
-    """Write an event to the outbox in the caller's transaction.
+    """Write an event to the outbox in the caller's transaction."""
+    (event,) = await emit_many(conn, [Draft(event_type, data, aggregate, clinic_id)])
+    return event
 
-    An event too large to deliver as a webhook is refused here, before anything is committed.
+
+async def emit_many(conn: Connection, drafts: Sequence[Draft]) -> list[Event]:
+    """Write events to the outbox in the caller's transaction, in one round trip; events of one
+    aggregate get consecutive sequences in the order given.
+
+    An event too large to deliver as a webhook is refused here, before anything is written.
     """
-    payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
-    draft = Event(
-        type=event_type,
-        clinic_id=clinic_id,
-        aggregate=aggregate,
-        occurred_at=utcnow(),
-        data=payload,
-    )
-    body = draft.model_dump_json()
-    if len(body) > MAX_EVENT_BYTES:
-        raise PayloadTooLarge(
-            f"The {event_type} event would be {len(body)} bytes; events are limited to "
-            f"{MAX_EVENT_BYTES} bytes so that every webhook receiver can take them",
-            slug="event-too-large",
-            title="Event too large",
+    events: list[Event] = []
+    bodies: list[str] = []
+    for d in drafts:
+        payload = d.data.model_dump(mode="json") if isinstance(d.data, BaseModel) else d.data
+        event = Event(
+            type=d.event_type,
+            clinic_id=d.clinic_id,
+            aggregate=d.aggregate,
+            occurred_at=utcnow(),
+            data=payload,
         )
-    row = await fetch_one(conn, _EMIT, aggregate, draft.id, draft.type, body)
-    return draft.model_copy(update={"sequence": row["sequence"]})
+        body = event.model_dump_json()
+        if len(body) > MAX_EVENT_BYTES:
+            raise PayloadTooLarge(
+                f"The {d.event_type} event would be {len(body)} bytes; events are limited to "
+                f"{MAX_EVENT_BYTES} bytes so that every webhook receiver can take them",
+                slug="event-too-large",
+                title="Event too large",
+            )
+        events.append(event)
+        bodies.append(body)
+    if not events:
+        return []
+    rows = await conn.fetch(
+        _EMIT,
+        [d.aggregate for d in drafts],
+        [e.id for e in events],
+        [e.type for e in events],
+        bodies,
+    )
+    sequences = {r["event_id"]: r["sequence"] for r in rows}
+    return [e.model_copy(update={"sequence": sequences[e.id]}) for e in events]
 
 
 class OutboxRelay:

@@ -51,7 +51,7 @@ from shared.errors import (
     ValidationProblem,
 )
 from shared.events import ClientChanged, ClientErased, PatientChanged
-from shared.outbox import emit
+from shared.outbox import Draft, emit, emit_many
 from shared.pagination import decode_cursor, encode_cursor
 from shared.ratelimit import TokenBuckets
 
@@ -479,13 +479,10 @@ def _aggregate(client_id: uuid.UUID) -> str:
     return f"client:{client_id}"
 
 
-async def _emit_client(
-    conn: Connection, event_type: str, client: ClientRead, clinic_id: uuid.UUID
-) -> None:
+def _client_event(event_type: str, client: ClientRead, clinic_id: uuid.UUID) -> Draft:
     assert client.first_name is not None
     assert client.last_name is not None
-    await emit(
-        conn,
+    return Draft(
         event_type,
         ClientChanged(
             client_id=client.id,
@@ -503,16 +500,11 @@ async def _emit_client(
     )
 
 
-async def _emit_patient(
-    conn: Connection,
-    event_type: str,
-    patient: PatientRead,
-    group_id: uuid.UUID,
-    clinic_id: uuid.UUID,
-) -> None:
+def _patient_event(
+    event_type: str, patient: PatientRead, group_id: uuid.UUID, clinic_id: uuid.UUID
+) -> Draft:
     assert patient.name is not None
-    await emit(
-        conn,
+    return Draft(
         event_type,
         PatientChanged(
             patient_id=patient.id,
@@ -681,11 +673,18 @@ async def _write_registration(
         pets,
         [ConsentRead.model_validate(dict(c)) for c in sorted(consents, key=lambda c: c["code"])],
     )
-    await _emit_client(conn, events.CLIENT_REGISTERED, client, clinic.clinic_id)
-    for patient in client.patients:
-        await _emit_patient(
-            conn, events.PATIENT_REGISTERED, patient, clinic.group_id, clinic.clinic_id
-        )
+    await emit_many(
+        conn,
+        [
+            _client_event(events.CLIENT_REGISTERED, client, clinic.clinic_id),
+            *(
+                _patient_event(
+                    events.PATIENT_REGISTERED, patient, clinic.group_id, clinic.clinic_id
+                )
+                for patient in client.patients
+            ),
+        ],
+    )
     return client
 
 
@@ -844,7 +843,7 @@ async def update_client(
                     conn, client_id, clinic_id=clinic_id, application_id=app_id, answers=answers
                 )
                 client = await _read(conn, clinic.group_id, client_id)
-                await _emit_client(conn, events.CLIENT_UPDATED, client, clinic_id)
+                await emit_many(conn, [_client_event(events.CLIENT_UPDATED, client, clinic_id)])
         except asyncpg.UniqueViolationError as exc:
             keys = dict(await store.get_client_keys(conn, client_id))
             keys.update({k: v for k, v in changes.items() if k.endswith("_key")})
@@ -917,8 +916,13 @@ async def add_patient(
                 row = await store.get_patient(conn, clinic.group_id, patient_id)
                 assert row is not None
                 patient = _patient(row)
-                await _emit_patient(
-                    conn, events.PATIENT_REGISTERED, patient, clinic.group_id, clinic_id
+                await emit_many(
+                    conn,
+                    [
+                        _patient_event(
+                            events.PATIENT_REGISTERED, patient, clinic.group_id, clinic_id
+                        )
+                    ],
                 )
         except asyncpg.UniqueViolationError as exc:
             chips = {values["microchip"]: "body.microchip"} if values["microchip"] else {}
@@ -962,8 +966,9 @@ async def update_patient(
                 fresh = await store.get_patient(conn, clinic.group_id, patient_id)
                 assert fresh is not None
                 patient = _patient(fresh)
-                await _emit_patient(
-                    conn, events.PATIENT_UPDATED, patient, clinic.group_id, clinic_id
+                await emit_many(
+                    conn,
+                    [_patient_event(events.PATIENT_UPDATED, patient, clinic.group_id, clinic_id)],
                 )
         except asyncpg.UniqueViolationError as exc:
             raise await _duplicate(conn, exc, clinic.group_id, chips=chips) from None

@@ -19,7 +19,7 @@ from shared.db import create_pool
 from tests.bookings.conftest import Partner
 from tests.bookings.test_bookings import assert_problem, eventually, open_desk
 
-ENVELOPE = {"id", "type", "occurred_at", "clinic_id", "sequence", "data"}
+ENVELOPE = {"id", "type", "occurred_at", "clinic_id", "sequence", "aggregate", "data"}
 
 
 class Inbox:

@@ -24,7 +24,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from shared.broker import Broker, BrokerUnavailable
 from shared.errors import PayloadTooLarge
 from shared.events import Event
-from shared.outbox import MAX_EVENT_BYTES, OutboxRelay, emit, notify_channel
+from shared.outbox import MAX_EVENT_BYTES, Draft, OutboxRelay, emit, emit_many, notify_channel
 from tests.conftest import private_schema_pool
 
 SCHEMA = "outbox_test"
@@ -200,6 +200,34 @@ async def test_emit_in_rolled_back_transaction_leaves_nothing(pool: asyncpg.Pool
         async with conn.transaction():
             again = await emit(conn, "outboxtest.rolled.back", {"a": 2}, aggregate=aggregate)
         assert again.sequence == 1
+
+
+async def test_emit_many_numbers_each_aggregate_in_the_order_given(pool: asyncpg.Pool) -> None:
+    a, b = f"agg-{uuid.uuid4()}", f"agg-{uuid.uuid4()}"
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await emit(conn, "outboxtest.many", {"n": 0}, aggregate=a)
+            written = await emit_many(
+                conn,
+                [Draft("outboxtest.many", {"n": n}, agg) for n, agg in enumerate([a, b, a, a], 1)],
+            )
+        assert [(e.aggregate, e.sequence, e.data["n"]) for e in written] == [
+            (a, 2, 1),
+            (b, 1, 2),
+            (a, 3, 3),
+            (a, 4, 4),
+        ]
+        rows = await conn.fetch(
+            "SELECT payload FROM outbox WHERE event_id = ANY($1::uuid[]) ORDER BY seq",
+            [e.id for e in written],
+        )
+    # The outbox keeps the order given, which is the order the relay publishes in.
+    assert [(r["payload"]["data"]["n"], r["payload"]["sequence"]) for r in rows] == [
+        (1, 2),
+        (2, 1),
+        (3, 3),
+        (4, 4),
+    ]
 
 
 async def test_an_event_over_256_kb_is_refused_before_anything_is_written(
