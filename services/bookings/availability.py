@@ -84,6 +84,13 @@ def local_interval(day: date, start: time, end: time, tz: ZoneInfo) -> Interval 
     return Interval(utc_start, utc_end) if utc_end > utc_start else None
 
 
+def local_days(window: Interval, tz: ZoneInfo) -> list[date]:
+    """The local dates ``window`` touches, in order."""
+    first = _utc(window.start).astimezone(tz).date()
+    last = (_utc(window.end) - _TICK).astimezone(tz).date()
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+
 def open_intervals(cal: PractitionerCalendar, day: date, tz: ZoneInfo) -> list[Interval]:
     """Return the practitioner's open time on local ``day``: merged, sorted, in UTC."""
     return _open_intervals(cal, day, tz, local_day_bounds(day, tz))

@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from services.bookings import catalogue, schedules, service
-from services.bookings.keys import DIRECTORY
+from services.bookings.keys import AVAILABILITY_CACHE, DIRECTORY
 from services.bookings.schemas import (
     AvailabilityQuery,
     BookingCancel,
@@ -350,10 +350,14 @@ async def list_breaks(request: web.Request) -> web.Response:
 @requires(BOOKINGS_READ)
 async def search_availability(request: web.Request) -> web.Response:
     query = parse_query(request, AvailabilityQuery)
-    found = await schedules.search(
-        request.app[DB_POOL], request.app[DIRECTORY], clinic_id=_clinic(request), query=query
+    body = await schedules.search(
+        request.app[DB_POOL],
+        request.app[DIRECTORY],
+        request.app[AVAILABILITY_CACHE],
+        clinic_id=_clinic(request),
+        query=query,
     )
-    return web.Response(text=found.to_json(), content_type="application/json")
+    return web.Response(text=body, content_type="application/json")
 
 
 # --- bookings ---------------------------------------------------------------------------------

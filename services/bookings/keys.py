@@ -5,6 +5,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from services.bookings.availability_cache import DayCache
     from services.bookings.directory import ClinicDirectory
 
 DIRECTORY: web.AppKey[ClinicDirectory] = web.AppKey("clinic_directory")
+AVAILABILITY_CACHE: web.AppKey[DayCache] = web.AppKey("availability_cache")

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Hashable
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
 from services.bookings import availability, store
+from services.bookings.availability_cache import DayCache, day_key, render
 from services.bookings.directory import ClinicDirectory, ClinicRules
 from services.bookings.schemas import (
     AvailabilityQuery,
@@ -352,11 +353,17 @@ def bookable(
 async def search(
     pool: asyncpg.Pool,
     directory: ClinicDirectory,
+    cache: DayCache,
     *,
     clinic_id: uuid.UUID,
     query: AvailabilityQuery,
-) -> FoundSlots:
-    """Bookable starts for one service over up to 31 days, with their practitioner."""
+) -> str:
+    """Bookable starts for one service over up to 31 days, with their practitioner, as the
+    JSON ``Availability`` document (it can hold thousands of slots).
+
+    Whole days that neither the present nor the lead time cuts into are kept rendered, keyed by
+    everything they depend on; only the days not kept are computed.
+    """
     if query.to <= query.from_:
         raise ValidationProblem([FieldError("query.to", "Must be after from")])
     if query.to - query.from_ > MAX_WINDOW:
@@ -368,46 +375,65 @@ async def search(
             extra={"errors": [FieldError("query.to", "At most 31 days after from")]},
         )
     rules = await directory.get(clinic_id)
+    tz = rules.time_zone
     window = availability.Interval(query.from_, query.to)
+    now = datetime.now(UTC)
+    earliest = max(window.start, now + timedelta(minutes=rules.min_lead_minutes))
     async with pool.acquire() as conn:
         service = await store.service_for_booking(conn, clinic_id, query.service_id)
         if service is None or not service["active"]:
             raise unknown_service("query.service_id")
-        offering = await store.practitioners_offering(conn, clinic_id, query.service_id)
+        offering = await store.offering_versions(conn, clinic_id, query.service_id)
         if query.practitioner_id is not None:
-            if query.practitioner_id not in offering:
+            offering = [o for o in offering if o[0] == query.practitioner_id]
+            if not offering:
                 raise service_not_offered("query.practitioner_id")
-            offering = [query.practitioner_id]
-        cals = await calendars(conn, offering, rules, window)
-    slots = bookable(
-        cals, rules, window, timedelta(minutes=service["duration_minutes"]), datetime.now(UTC)
+        duration = timedelta(minutes=service["duration_minutes"])
+
+        # Each local day the window touches, as (day, its part of the window, key if keepable).
+        plan: list[tuple[date, availability.Interval, Hashable | None]] = []
+        for day in availability.local_days(window, tz):
+            bounds = availability.local_day_bounds(day, tz)
+            part = availability.Interval(
+                max(bounds.start, window.start), min(bounds.end, window.end)
+            )
+            if part.end <= earliest:
+                continue
+            whole = part == bounds and bounds.start >= earliest
+            key = (
+                day_key(
+                    clinic_id=clinic_id,
+                    day=day,
+                    duration_minutes=service["duration_minutes"],
+                    grid_minutes=rules.slot_minutes,
+                    time_zone=tz.key,
+                    versions=offering,
+                )
+                if whole
+                else None
+            )
+            plan.append((day, part, key))
+        rendered: dict[date, str] = {}
+        for day, _, key in plan:
+            hit = cache.get(key) if key is not None else None
+            if hit is not None:
+                rendered[day] = hit
+        missing = [(day, part) for day, part, _ in plan if day not in rendered]
+        if missing:
+            span = availability.Interval(missing[0][1].start, missing[-1][1].end)
+            ids = [p for p, _ in offering]
+            cals = await calendars(conn, ids, rules, span)
+    if missing:
+        by_day: dict[date, list[availability.Slot]] = defaultdict(list)
+        for slot in bookable(cals, rules, span, duration, now):
+            by_day[slot.start.date()].append(slot)
+        keys = {day: key for day, _, key in plan}
+        for day, _ in missing:
+            rendered[day] = render(by_day.get(day, []))
+            key = keys[day]
+            if key is not None:
+                cache.put(key, rendered[day])
+    slots = ",".join(r for day, _, _ in plan if (r := rendered[day]))
+    return (
+        f'{{"service_id":"{query.service_id}","time_zone":{json.dumps(tz.key)},"slots":[{slots}]}}'
     )
-    return FoundSlots(service_id=query.service_id, time_zone=rules.time_zone.key, slots=slots)
-
-
-@dataclass(frozen=True)
-class FoundSlots:
-    """An availability answer before rendering; it can hold thousands of slots."""
-
-    service_id: uuid.UUID
-    time_zone: str
-    slots: list[availability.Slot]
-
-    def to_json(self) -> str:
-        """The ``Availability`` document, written directly: validating and dumping thousands of
-        models would cost more than the search itself."""
-        return json.dumps(
-            {
-                "service_id": str(self.service_id),
-                "time_zone": self.time_zone,
-                "slots": [
-                    {
-                        "start": s.start.isoformat(),
-                        "end": s.end.isoformat(),
-                        "practitioner_id": str(s.practitioner_id),
-                    }
-                    for s in self.slots
-                ],
-            },
-            separators=(",", ":"),
-        )

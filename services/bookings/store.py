@@ -184,20 +184,22 @@ async def set_service_practitioners(
     )
 
 
-async def practitioners_offering(
+async def offering_versions(
     conn: Connection, clinic_id: uuid.UUID, service_id: uuid.UUID
-) -> list[uuid.UUID]:
+) -> list[tuple[uuid.UUID, int]]:
+    """The active practitioners offering the service, each with their schedule version."""
     rows = await conn.fetch(
         """
-        SELECT p.id FROM service_practitioners sp
+        SELECT p.id, coalesce(v.version, 0) AS version FROM service_practitioners sp
         JOIN practitioners p ON p.id = sp.practitioner_id
+        LEFT JOIN schedule_versions v ON v.practitioner_id = p.id
         WHERE sp.clinic_id = $1 AND sp.service_id = $2 AND p.active
         ORDER BY p.id
         """,
         clinic_id,
         service_id,
     )
-    return [r["id"] for r in rows]
+    return [(r["id"], r["version"]) for r in rows]
 
 
 async def service_for_booking(
