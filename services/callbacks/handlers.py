@@ -28,10 +28,10 @@ def _endpoint_id(request: web.Request) -> uuid.UUID:
 @requires(WEBHOOKS_MANAGE, clinic=False)
 async def create_endpoint(request: web.Request) -> web.Response:
     data = await parse_body(request, EndpointCreate)
-    endpoint, created = await service.create_endpoint(
+    endpoint, version, created = await service.create_endpoint(
         request.app[CONTEXT], request[PRINCIPAL], data, key=idempotency_key(request)
     )
-    response = json_tagged(endpoint, 1, status=201 if created else 200)
+    response = json_tagged(endpoint, version, status=201 if created else 200)
     response.headers["Location"] = f"/v1/webhooks/endpoints/{endpoint.id}"
     response.headers["Cache-Control"] = "no-store"
     return response

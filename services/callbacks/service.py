@@ -99,8 +99,9 @@ async def _check_clinics(
 
 async def create_endpoint(
     ctx: Context, principal: Principal, data: EndpointCreate, *, key: str | None
-) -> tuple[EndpointCreated, bool]:
-    """A new endpoint and its signing secret (shown once); True when newly created.
+) -> tuple[EndpointCreated, int, bool]:
+    """A new endpoint and its signing secret (shown once), its version, and True when newly
+    created.
 
     The same Idempotency-Key with the same body answers with the endpoint it created.
     """
@@ -109,6 +110,12 @@ async def create_endpoint(
     secret = new_secret()
     app_id = principal.application_id
     async with ctx.pool.acquire() as conn, conn.transaction():
+        # One create at a time per application, so that the Idempotency-Key lookup and the
+        # endpoint count below see every create committed before (concurrent requests with one
+        # key would otherwise hit the unique constraint, and the limit could be overrun).
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"callbacks.create:{app_id}"
+        )
         if key is not None:
             earlier = await store.endpoint_by_idempotency_key(conn, app_id, key)
             if earlier is not None:
@@ -117,7 +124,8 @@ async def create_endpoint(
                 row = await store.get_endpoint(conn, earlier["id"], app_id)
                 assert row is not None
                 sealed = await store.live_secrets(conn, earlier["id"])
-                return EndpointCreated(**dict(row), secret=ctx.box.open(sealed[0])), False
+                created = EndpointCreated(**dict(row), secret=ctx.box.open(sealed[0]))
+                return created, row["version"], False
         if await store.count_endpoints(conn, app_id) >= ctx.settings.max_endpoints_per_application:
             raise Conflict(
                 f"An application may have at most {ctx.settings.max_endpoints_per_application} "
@@ -136,7 +144,7 @@ async def create_endpoint(
             **data.model_dump(),
         )
         await store.insert_secret(conn, endpoint_id, ctx.box.seal(secret))
-    return EndpointCreated(**dict(row), secret=secret), True
+    return EndpointCreated(**dict(row), secret=secret), row["version"], True
 
 
 async def _owned(conn: Connection, endpoint_id: uuid.UUID, app_id: uuid.UUID) -> Record:
@@ -144,6 +152,19 @@ async def _owned(conn: Connection, endpoint_id: uuid.UUID, app_id: uuid.UUID) ->
     if row is None:
         raise NotFound("No such endpoint")
     return row
+
+
+def _time_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
+    """The (created_at, id) key of a list cursor; a 422 on ``query.cursor`` if it is forged."""
+    key = decode_cursor(cursor, 2)
+    if key is None:
+        return None
+    try:
+        return datetime.fromisoformat(key[0]), uuid.UUID(key[1])
+    except ValueError:
+        raise ValidationProblem(
+            [FieldError("query.cursor", "Unknown or malformed cursor")]
+        ) from None
 
 
 async def get_endpoint(
@@ -157,8 +178,7 @@ async def get_endpoint(
 
 async def list_endpoints(ctx: Context, principal: Principal, query: PageQuery) -> EndpointPage:
     """The application's endpoints, oldest first."""
-    key = decode_cursor(query.cursor, 2)
-    after = (datetime.fromisoformat(key[0]), uuid.UUID(key[1])) if key else None
+    after = _time_cursor(query.cursor)
     async with ctx.pool.acquire() as conn:
         rows = await store.list_endpoints(
             conn,
@@ -329,8 +349,7 @@ async def list_deliveries(
     ctx: Context, principal: Principal, endpoint_id: uuid.UUID, query: DeliveryListQuery
 ) -> DeliveryPage:
     """An endpoint's deliveries, oldest first, optionally of one status."""
-    key = decode_cursor(query.cursor, 2)
-    after = (datetime.fromisoformat(key[0]), uuid.UUID(key[1])) if key else None
+    after = _time_cursor(query.cursor)
     async with ctx.pool.acquire() as conn:
         await _owned(conn, endpoint_id, principal.application_id)
         rows = await store.list_deliveries(
@@ -406,16 +425,29 @@ def _feed_types(raw: str | None) -> list[str] | None:
     return types
 
 
+_BIGINT = 2**63
+
+
+def _feed_cursor(raw: str | None) -> tuple[int, int] | None:
+    """The (txid, seq) of a feed cursor; a 422 on ``query.after`` (the parameter it came in)
+    when it is not one this service handed out."""
+    try:
+        key = decode_cursor(raw, 2)
+        if key is None:
+            return None
+        txid, seq = int(key[0]), int(key[1])
+        if not (0 <= txid < _BIGINT and 0 <= seq < _BIGINT):
+            raise ValueError("out of range")
+    except (ValidationProblem, ValueError):
+        raise ValidationProblem([FieldError("query.after", "Unknown cursor")]) from None
+    return txid, seq
+
+
 async def feed(ctx: Context, principal: Principal, query: FeedQuery) -> FeedPage:
     """The application's events after the cursor, oldest first, for the last 30 days."""
-    types = _feed_types(query.types)
-    key = decode_cursor(query.after, 2)
-    after: tuple[int, int] | None = None
-    if key is not None:
-        try:
-            after = (int(key[0]), int(key[1]))
-        except ValueError:
-            raise ValidationProblem([FieldError("query.after", "Unknown cursor")]) from None
+    # Partner event types only: test events sent to one endpoint are not for reconciling.
+    types = _feed_types(query.types) or sorted(PARTNER_EVENT_TYPES)
+    after = _feed_cursor(query.after)
     async with ctx.pool.acquire() as conn:
         rows = await store.feed(
             conn,

@@ -139,15 +139,16 @@ def redact_url(url: str) -> str:
     """The URL without credentials or query values, fit for logs and mail."""
     try:
         parts = urlsplit(url)
-    except ValueError:
+        port = parts.port
+    except ValueError:  # a malformed IPv6 host, or a port that is not a number in range
         return "<invalid url>"
     netloc = parts.hostname or ""
     if ":" in netloc:
         netloc = f"[{netloc}]"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
+    if port is not None:
+        netloc += f":{port}"
     query = "&".join(
-        f"{pair.split('=', 1)[0]}=redacted" if "=" in pair else pair
+        f"{pair.split('=', 1)[0]}=redacted" if "=" in pair else "redacted"
         for pair in parts.query.split("&")
         if pair
     )
