@@ -302,26 +302,35 @@ async def calendars(
 ) -> list[availability.PractitionerCalendar]:
     """Everything the availability search needs to know of these practitioners in the window."""
     tz = rules.time_zone
-    first = window.start.astimezone(tz).date() - timedelta(days=1)
-    last = window.end.astimezone(tz).date() + timedelta(days=1)
     hours: dict[uuid.UUID, list[availability.WorkingHours]] = defaultdict(list)
-    for r in await store.working_hours(conn, practitioner_ids):
-        hours[r["practitioner_id"]].append(
-            availability.WorkingHours(
-                r["weekday"], r["start"], r["end"], r["effective_from"], r["effective_to"]
-            )
-        )
     published: dict[uuid.UUID, dict[date, list[availability.Interval]]] = defaultdict(dict)
-    for r in await store.published_days(conn, practitioner_ids, first, last):
-        day = published[r["practitioner_id"]].setdefault(r["day"], [])
-        if r["period"] is not None:
-            day.append(availability.Interval(r["period"].lower, r["period"].upper))
     busy: dict[uuid.UUID, list[availability.Interval]] = defaultdict(list)
-    span = availability.Interval(window.start - timedelta(days=1), window.end + timedelta(days=1))
-    for r in await store.busy_periods(
-        conn, practitioner_ids, span.start, span.end, except_booking=except_booking
+    for r in await store.calendar_rows(
+        conn,
+        practitioner_ids,
+        first=window.start.astimezone(tz).date() - timedelta(days=1),
+        last=window.end.astimezone(tz).date() + timedelta(days=1),
+        start=window.start - timedelta(days=1),
+        end=window.end + timedelta(days=1),
+        except_booking=except_booking,
     ):
-        busy[r["practitioner_id"]].append(availability.Interval(r["start"], r["end"]))
+        kind, practitioner = r["kind"], r["practitioner_id"]
+        if kind == "hours":
+            hours[practitioner].append(
+                availability.WorkingHours(
+                    r["weekday"],
+                    r["start_time"],
+                    r["end_time"],
+                    r["effective_from"],
+                    r["effective_to"],
+                )
+            )
+        elif kind == "day":
+            day = published[practitioner].setdefault(r["day"], [])
+            if r["lo"] is not None:
+                day.append(availability.Interval(r["lo"], r["hi"]))
+        else:
+            busy[practitioner].append(availability.Interval(r["lo"], r["hi"]))
     return [
         availability.PractitionerCalendar(
             practitioner_id=p,

@@ -134,25 +134,14 @@ async def _replay(
     key: str,
     digest: bytes,
 ) -> BookingRead | None:
-    async with pool.acquire() as conn:
-        return await _replay_on(conn, rules, app_id=app_id, key=key, digest=digest)
-
-
-async def _replay_on(
-    conn: Connection,
-    rules: ClinicRules,
-    *,
-    app_id: uuid.UUID,
-    key: str,
-    digest: bytes,
-) -> BookingRead | None:
     """The booking an earlier request with this key made, if it had the same body."""
-    previous = await store.booking_request(conn, app_id, rules.clinic_id, key)
-    if previous is None:
-        return None
-    if previous["request_hash"] != digest:
-        raise idempotency_key_reused()
-    return await _read(conn, rules.clinic_id, previous["booking_id"], app_id, rules.time_zone)
+    async with pool.acquire() as conn:
+        previous = await store.booking_request(conn, app_id, rules.clinic_id, key)
+        if previous is None:
+            return None
+        if previous["request_hash"] != digest:
+            raise idempotency_key_reused()
+        return await _read(conn, rules.clinic_id, previous["booking_id"], app_id, rules.time_zone)
 
 
 async def create_booking(
@@ -170,16 +159,12 @@ async def create_booking(
     digest = request_hash(data)
     booking_id = uuid.uuid4()
     refusal: ProblemError | None = None
+    # A retry with the same Idempotency-Key is recognised when it is refused (its slot or its key
+    # is taken by then), so a first request pays no look-up for it.
     async with pool.acquire() as conn:
-        if idempotency_key is not None:
-            replayed = await _replay_on(
-                conn, rules, app_id=app_id, key=idempotency_key, digest=digest
-            )
-            if replayed is not None:
-                return replayed, False
-        if data.start <= datetime.now(UTC):
-            raise slot_in_past()
         try:
+            if data.start <= datetime.now(UTC):
+                raise slot_in_past()
             async with conn.transaction():
                 # One round trip for the three lookups, and the practitioner's lock with them.
                 found = await store.booking_prerequisites(
@@ -212,11 +197,8 @@ async def create_booking(
                         if data.prospect
                         else None,
                     },
+                    request=(idempotency_key, digest) if idempotency_key is not None else None,
                 )
-                if idempotency_key is not None:
-                    await store.insert_booking_request(
-                        conn, app_id, clinic_id, idempotency_key, digest, booking_id
-                    )
                 if data.external_id is not None:
                     await _map_booking(conn, app_id, clinic_id, data.external_id, booking_id)
                 booking = to_read({**row, "external_id": data.external_id}, rules.time_zone)
@@ -229,18 +211,18 @@ async def create_booking(
                 )
         except asyncpg.ExclusionViolationError:
             refusal = slot_taken()
-        except Conflict as exc:
-            refusal = exc
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name != "booking_requests_pkey" or idempotency_key is None:
                 raise
             refusal = Conflict("A request with this Idempotency-Key was made meanwhile")
+        except ProblemError as exc:
+            refusal = exc
     if refusal is None:
         return booking, True
     if idempotency_key is not None:
-        # A request with the same key may have raced us and won (it took the slot, or the key):
-        # answer as its replay. Asked only now, with the connection back in the pool, so that
-        # many such requests can never hold every connection while each waits for another.
+        # This may be the retry of a request that succeeded, or have raced one and lost: answer
+        # as its replay. Asked only now, with the connection back in the pool, so that many such
+        # requests can never hold every connection while each waits for another.
         replayed = await _replay(pool, rules, app_id=app_id, key=idempotency_key, digest=digest)
         if replayed is not None:
             return replayed, False

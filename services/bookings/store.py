@@ -432,6 +432,52 @@ async def replace_working_hours(
     )
 
 
+async def calendar_rows(
+    conn: Connection,
+    practitioner_ids: list[uuid.UUID],
+    *,
+    first: date,
+    last: date,
+    start: datetime,
+    end: datetime,
+    except_booking: uuid.UUID | None = None,
+) -> list[Record]:
+    """In one round trip, by ``kind``: 'hours' (weekly rules), 'day' (published days in
+    [first, last] with their slots; no slot is a closed day) and 'busy' (breaks and live
+    bookings touching [start, end))."""
+    return await conn.fetch(
+        """
+        SELECT 'hours' AS kind, practitioner_id, weekday, start_time, end_time, effective_from,
+               effective_to, NULL::date AS day, NULL::timestamptz AS lo, NULL::timestamptz AS hi
+        FROM working_hours WHERE practitioner_id = ANY($1::uuid[])
+        UNION ALL
+        SELECT 'day', d.practitioner_id, NULL, NULL, NULL, NULL, NULL, d.day,
+               lower(s.period), upper(s.period)
+        FROM published_days d
+        LEFT JOIN published_slots s ON s.practitioner_id = d.practitioner_id AND s.day = d.day
+        WHERE d.practitioner_id = ANY($1::uuid[]) AND d.day BETWEEN $2 AND $3
+        UNION ALL
+        SELECT 'busy', practitioner_id, NULL, NULL, NULL, NULL, NULL, NULL,
+               lower(period), upper(period)
+        FROM breaks
+        WHERE practitioner_id = ANY($1::uuid[]) AND period && tstzrange($4, $5)
+        UNION ALL
+        SELECT 'busy', practitioner_id, NULL, NULL, NULL, NULL, NULL, NULL,
+               lower(period), upper(period)
+        FROM bookings
+        WHERE practitioner_id = ANY($1::uuid[]) AND period && tstzrange($4, $5)
+          AND status IN ('booked', 'confirmed', 'arrived')
+          AND ($6::uuid IS NULL OR id <> $6)
+        """,
+        practitioner_ids,
+        first,
+        last,
+        start,
+        end,
+        except_booking,
+    )
+
+
 async def working_hours(conn: Connection, practitioner_ids: list[uuid.UUID]) -> list[Record]:
     return await conn.fetch(
         """
@@ -482,24 +528,6 @@ async def published_day(conn: Connection, practitioner_id: uuid.UUID, day: date)
         """,
         practitioner_id,
         day,
-    )
-
-
-async def published_days(
-    conn: Connection, practitioner_ids: list[uuid.UUID], first: date, last: date
-) -> list[Record]:
-    """Published days in [first, last] with their slots (a day without slots is closed)."""
-    return await conn.fetch(
-        """
-        SELECT d.practitioner_id, d.day, s.period
-        FROM published_days d
-        LEFT JOIN published_slots s ON s.practitioner_id = d.practitioner_id AND s.day = d.day
-        WHERE d.practitioner_id = ANY($1::uuid[]) AND d.day BETWEEN $2 AND $3
-        ORDER BY d.practitioner_id, d.day, lower(s.period)
-        """,
-        practitioner_ids,
-        first,
-        last,
     )
 
 
@@ -566,33 +594,6 @@ async def list_breaks(
     )
 
 
-async def busy_periods(
-    conn: Connection,
-    practitioner_ids: list[uuid.UUID],
-    start: datetime,
-    end: datetime,
-    *,
-    except_booking: uuid.UUID | None = None,
-) -> list[Record]:
-    """Breaks and live bookings of these practitioners that touch [start, end)."""
-    return await conn.fetch(
-        """
-        SELECT practitioner_id, lower(period) AS start, upper(period) AS "end" FROM breaks
-        WHERE practitioner_id = ANY($1::uuid[]) AND period && tstzrange($2, $3)
-        UNION ALL
-        SELECT practitioner_id, lower(period), upper(period) FROM bookings
-        WHERE practitioner_id = ANY($1::uuid[]) AND period && tstzrange($2, $3)
-          AND status IN ('booked', 'confirmed', 'arrived')
-          AND ($4::uuid IS NULL OR id <> $4)
-        ORDER BY 1, 2
-        """,
-        practitioner_ids,
-        start,
-        end,
-        except_booking,
-    )
-
-
 async def live_bookings_overlapping(
     conn: Connection, practitioner_id: uuid.UUID, start: datetime, end: datetime
 ) -> list[uuid.UUID]:
@@ -629,16 +630,31 @@ def _booking_select() -> str:
     """
 
 
-async def insert_booking(conn: Connection, booking_id: uuid.UUID, values: dict[str, Any]) -> Record:
-    """Insert and return the row as reads see it (without the caller's external id)."""
+async def insert_booking(
+    conn: Connection,
+    booking_id: uuid.UUID,
+    values: dict[str, Any],
+    *,
+    request: tuple[str, bytes] | None = None,
+) -> Record:
+    """Insert and return the row as reads see it (without the caller's external id); with
+    ``request`` (Idempotency-Key, body hash) the key is recorded in the same statement."""
+    key, digest = request if request is not None else (None, None)
     return await fetch_one(
         conn,
         f"""
-        INSERT INTO bookings AS b (id, clinic_id, practitioner_id, service_id, period, source,
-                                   pushed, client_id, patient_id, prospect, insurance_id, notes,
-                                   application_id)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-        RETURNING {_BOOKING}
+        WITH b AS (
+            INSERT INTO bookings AS b (id, clinic_id, practitioner_id, service_id, period, source,
+                                       pushed, client_id, patient_id, prospect, insurance_id,
+                                       notes, application_id)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+            RETURNING {_BOOKING}
+        ), request AS (
+            INSERT INTO booking_requests
+                (application_id, clinic_id, idempotency_key, request_hash, booking_id)
+            SELECT $13, $2, $14, $15, $1 WHERE $14::text IS NOT NULL
+        )
+        SELECT * FROM b
         """,
         booking_id,
         values["clinic_id"],
@@ -653,6 +669,8 @@ async def insert_booking(conn: Connection, booking_id: uuid.UUID, values: dict[s
         values["insurance_id"],
         values["notes"],
         values["application_id"],
+        key,
+        digest,
     )
 
 
@@ -737,26 +755,6 @@ async def booking_request(
         app_id,
         clinic_id,
         key,
-    )
-
-
-async def insert_booking_request(
-    conn: Connection,
-    app_id: uuid.UUID,
-    clinic_id: uuid.UUID,
-    key: str,
-    request_hash: bytes,
-    booking_id: uuid.UUID,
-) -> None:
-    await conn.execute(
-        "INSERT INTO booking_requests "
-        "(application_id, clinic_id, idempotency_key, request_hash, booking_id) "
-        "VALUES ($1, $2, $3, $4, $5)",
-        app_id,
-        clinic_id,
-        key,
-        request_hash,
-        booking_id,
     )
 
 
