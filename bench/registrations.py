@@ -23,24 +23,20 @@ sits next to a baseline measured in the same run.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
 import random
 import re
 import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -57,7 +53,7 @@ from bench.harness import (
     table,
     wait_http,
 )
-from bench.load import LoadResult
+from bench.load import Block, LoadResult, post_each_once
 from services.registrations import normalise, store
 from services.registrations.settings import RegistrationsSettings
 from shared import events
@@ -535,182 +531,16 @@ def _registrations(people: People, first_serial: int, count: int) -> list[Regist
     return out
 
 
-@dataclass
-class Block:
-    """A fixed number of registrations: how many answered how, their latencies and wall time."""
-
-    count: int
-    statuses: Counter[str]
-    latencies: list[float]
-    seconds: float
-
-
-# One registration per request: every wrk thread sends its share of the pre-generated bodies
-# once (``delay`` holds a connection back for good once the share is out), times each request
-# by its X-Request-Id, and says "finished" when all of its answers are in. wrk itself would run
-# to -d; the bench interrupts it instead.
-WRK_SCRIPT = r"""
-local ffi = require("ffi")
-ffi.cdef[[
-typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
-int clock_gettime(int clock, bench_timespec *now);
-]]
-local clock = ffi.new("bench_timespec")
-local function now()
-  ffi.C.clock_gettime(1, clock)
-  return tonumber(clock.tv_sec) + tonumber(clock.tv_nsec) * 1e-9
-end
-
-local threads, created = {}, 0
-function setup(thread)
-  thread:set("index", created)
-  created = created + 1
-  table.insert(threads, thread)
-end
-
-local requests, ids, sent = {}, {}, {}
-local issued, generated = 0, 0
-answered, latencies, statuses = 0, {}, {}
-
-function init(args)
-  local total, line_no = tonumber(args[2]), 0
-  for line in io.lines(args[1]) do
-    if line_no % total == index then
-      local key, body = line:match("^([^\t]+)\t(.*)$")
-      local headers = {}
-      for name, value in pairs(wrk.headers) do headers[name] = value end
-      headers["Idempotency-Key"] = key
-      headers["X-Request-Id"] = key
-      table.insert(requests, wrk.format("POST", nil, headers, body))
-      table.insert(ids, key)
-    end
-    line_no = line_no + 1
-  end
-  share = #requests
-end
-
-function delay()
-  if issued < #requests then
-    issued = issued + 1
-    return 0
-  end
-  return 3600000
-end
-
-function request()
-  -- wrk asks thread 0 for one request before the run, to check it parses: not a request sent.
-  if issued == 0 then return requests[1] end
-  generated = generated + 1
-  local t = now()
-  sent[ids[generated]] = t
-  if first == nil then first = t end
-  return requests[generated]
-end
-
-function response(status, headers, body)
-  local t = now()
-  local started = sent[headers["X-Request-Id"] or headers["x-request-id"] or ""]
-  if started ~= nil then table.insert(latencies, t - started) end
-  local code = tostring(status)
-  if status == 201 and headers["Idempotent-Replayed"] then code = "201 replayed" end
-  statuses[code] = (statuses[code] or 0) + 1
-  answered = answered + 1
-  if answered == #requests then
-    last = t
-    io.write("finished\n")
-    io.flush()
-    wrk.thread:stop()
-  end
-end
-
-function done(summary, latency, requests)
-  for _, t in ipairs(threads) do
-    io.write(string.format("window %.6f %.6f %d %d\n",
-      t:get("first") or -1, t:get("last") or -1, t:get("answered"), t:get("share")))
-    for code, n in pairs(t:get("statuses")) do
-      io.write(string.format("status %d %s\n", n, code))
-    end
-    io.write("latencies")
-    for _, v in ipairs(t:get("latencies")) do io.write(string.format(" %.6f", v)) end
-    io.write("\n")
-  end
-end
-"""
-
-
-def _write_wrk_files(folder: str, registrations: Sequence[Registration]) -> tuple[str, str]:
-    script, data = Path(folder, "register.lua"), Path(folder, "bodies.tsv")
-    script.write_text(WRK_SCRIPT)
-    data.write_text("".join(f"{r.key}\t{r.body.decode()}\n" for r in registrations))
-    return str(script), str(data)
-
-
 async def _post_wrk(clinic: Clinic, registrations: Sequence[Registration]) -> Block:
     """Every registration once, from CLIENTS connections shared by WRK_THREADS wrk threads."""
-    url = f"{clinic.base}/registrations"
-    with tempfile.TemporaryDirectory() as folder:
-        script, data = _write_wrk_files(folder, registrations)
-        headers = [f"{k}: {v}" for k, v in clinic.headers.items()]
-        proc = await asyncio.create_subprocess_exec(
-            "wrk",
-            f"-t{WRK_THREADS}",
-            f"-c{CLIENTS}",
-            "-d600s",
-            "--timeout",
-            "30s",
-            *(a for h in headers for a in ("-H", h)),
-            "-H",
-            "Content-Type: application/json",
-            "-s",
-            script,
-            url,
-            "--",
-            data,
-            str(WRK_THREADS),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert proc.stdout is not None
-        finished = 0
-        deadline = time.monotonic() + 120
-        with contextlib.suppress(TimeoutError):
-            while finished < WRK_THREADS:
-                line = await asyncio.wait_for(
-                    proc.stdout.readline(), timeout=max(0.1, deadline - time.monotonic())
-                )
-                if not line:
-                    break
-                finished += line.strip() == b"finished"
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGINT)
-        out, err = await proc.communicate()
-    return _parse_wrk(out.decode(), err.decode(), len(registrations))
-
-
-def _parse_wrk(out: str, err: str, count: int) -> Block:
-    statuses: Counter[str] = Counter()
-    latencies: list[float] = []
-    firsts, lasts = [], []
-    answered = 0
-    for line in out.splitlines():
-        kind, _, rest = line.partition(" ")
-        if kind == "window":
-            first, last, done, _share = rest.split()
-            answered += int(done)
-            if float(first) >= 0:
-                firsts.append(float(first))
-            if float(last) >= 0:
-                lasts.append(float(last))
-        elif kind == "status":
-            n, code = rest.split(" ", 1)
-            statuses[code] += int(n)
-        elif kind == "latencies":
-            latencies += [float(v) for v in rest.split()]
-    if not firsts or len(lasts) < WRK_THREADS:
-        raise RuntimeError(f"wrk did not finish its registrations:\n{out}\n{err}")
-    if answered < count:
-        statuses["no answer"] += count - answered
-    return Block(count, statuses, latencies, max(lasts) - min(firsts))
+    return await post_each_once(
+        f"{clinic.base}/registrations",
+        clinic.headers,
+        [(r.key, r.body.decode()) for r in registrations],
+        connections=CLIENTS,
+        threads=WRK_THREADS,
+        keyed=True,
+    )
 
 
 async def _post_aiohttp(

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -122,7 +123,7 @@ def env(overrides: dict[str, Any], database_url: str) -> dict[str, str]:
 async def fresh_database_url(database_url: str) -> AsyncIterator[str]:
     """The name of a database that does not exist yet; dropped after the test."""
     name = f"vetgate_test_{RUN_ID}_cli_{uuid.uuid4().hex[:8]}"
-    dsn = database_url.rsplit("/", 1)[0] + "/" + name
+    dsn = urlunsplit(urlsplit(database_url)._replace(path="/" + name))
     yield dsn
     admin = await asyncpg.connect(database_url)
     try:
