@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pydantic import SecretStr
+from pydantic import SecretStr, model_validator
 
 from shared.settings import ServiceSettings
 
@@ -58,6 +58,14 @@ class CallbacksSettings(ServiceSettings):
     smtp_password: SecretStr | None = None
     mail_from: str = "Vetgate <alerts@vetgate.local>"
     smtp_timeout_seconds: float = 10.0
+
+    @model_validator(mode="after")
+    def _lease_outlasts_an_attempt(self) -> CallbacksSettings:
+        # A lease shorter than an attempt would let its own worker claim the delivery again
+        # while the first attempt is still waiting for an answer.
+        if self.delivery_lease_seconds <= self.attempt_timeout_seconds:
+            raise ValueError("delivery_lease_seconds must be longer than attempt_timeout_seconds")
+        return self
 
     def check_production(self) -> None:
         super().check_production()

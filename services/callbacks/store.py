@@ -150,24 +150,34 @@ async def advance_aggregate(
     """Move the resource's gap-free mark past ``sequence`` and any later event kept already.
 
     The row lock serialises two events of one resource, and each later statement sees what the
-    other committed, so the mark never stops short of an event that has arrived. A gap older
-    than ``gap_seconds`` (events from before this service listened) is given up on.
+    other committed, so the mark never stops short of an event that has arrived. A gap that has
+    kept an event waiting longer than ``gap_seconds`` (events from before this service listened,
+    or lost) is given up on; how long the resource itself has been known does not count.
     """
     row = await fetch_one(
         conn,
         """
         INSERT INTO aggregates (aggregate, contiguous) VALUES ($1, 0)
         ON CONFLICT (aggregate) DO UPDATE SET aggregate = EXCLUDED.aggregate
-        RETURNING contiguous,
-                  first_seen_at < now() - make_interval(secs => $2) AS gap_expired
+        RETURNING contiguous
         """,
         aggregate,
-        gap_seconds,
     )
     if sequence <= row["contiguous"]:
         return
-    if sequence != row["contiguous"] + 1 and not row["gap_expired"]:
-        return
+    if sequence != row["contiguous"] + 1:
+        waited_out = await conn.fetchval(
+            """
+            SELECT EXISTS (SELECT 1 FROM events e
+                           WHERE e.aggregate = $1 AND e.sequence > $2
+                             AND e.received_at < now() - make_interval(secs => $3))
+            """,
+            aggregate,
+            row["contiguous"],
+            gap_seconds,
+        )
+        if not waited_out:
+            return
     await conn.execute(
         """
         WITH RECURSIVE run(n) AS (

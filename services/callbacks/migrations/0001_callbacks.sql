@@ -87,8 +87,7 @@ CREATE INDEX events_by_aggregate ON events (aggregate, sequence) WHERE aggregate
 -- How far each resource's events have arrived without a gap; ordered endpoints wait for it.
 CREATE TABLE aggregates (
     aggregate   text PRIMARY KEY,
-    contiguous      bigint NOT NULL,
-    first_seen_at   timestamptz NOT NULL DEFAULT now()
+    contiguous      bigint NOT NULL
 );
 
 CREATE TABLE endpoints (
