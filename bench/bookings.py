@@ -32,7 +32,7 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as wall_time
@@ -77,8 +77,10 @@ RACERS = 200
 WARM_UP = 100
 BLOCKS = 3  # the creation rows take turns, each writing a third of its bookings at a time
 
-AVAILABILITY = "GET availability, 14 days, 20 vets"
-AVAILABILITY_BARE = "bare handler, same calendar query, rows as JSON"
+AVAILABILITY = "GET availability, days kept"
+AVAILABILITY_ONE = "GET availability, one schedule changed"
+AVAILABILITY_COLD = "GET availability, all 20 schedules changed"
+AVAILABILITY_BARE = "bare: the calendar query, rows as JSON"
 CREATE_KEYED = "POST bookings, Idempotency-Key"
 CREATE_PLAIN = "POST bookings, no Idempotency-Key"
 CREATE_BARE = "bare asyncpg: booking + outbox + NOTIFY"
@@ -302,12 +304,19 @@ def _expected_starts(
 
 
 async def _sequential(
-    session: aiohttp.ClientSession, url: str, headers: dict[str, str], count: int
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    count: int,
+    before: Callable[[], Awaitable[object]] | None = None,
 ) -> tuple[list[float], int, int]:
-    """Latencies (s), errors and the last body's size of ``count`` GETs one after another."""
+    """Latencies (s), errors and the last body's size of ``count`` GETs one after another;
+    ``before`` runs ahead of each one, untimed."""
     latencies = []
     errors = size = 0
     for _ in range(count):
+        if before is not None:
+            await before()
         started = time.perf_counter()
         async with session.get(url, headers=headers) as response:
             body = await response.read()
@@ -335,9 +344,38 @@ def _percentile(ordered: Sequence[float], share: float) -> float:
 
 
 async def _availability(
-    session: aiohttp.ClientSession, clinic: Clinic, window: tuple[datetime, datetime], port: int
+    session: aiohttp.ClientSession,
+    pool: asyncpg.Pool,
+    clinic: Clinic,
+    window: tuple[datetime, datetime],
+    port: int,
 ) -> tuple[list[LoadResult], int, int]:
-    """Service and baseline in alternating blocks, so that drift on the machine hits both."""
+    """Service and baseline in alternating blocks, so that drift on the machine hits both.
+
+    The service keeps whole days rendered until a practitioner's schedule changes; the cold row
+    moves every practitioner's schedule version before each request (what a change does), so
+    that every day of it is computed afresh."""
+
+    changed = iter(range(10**9))
+
+    async def change(practitioners: list[uuid.UUID]) -> None:
+        await pool.execute(
+            """
+            INSERT INTO schedule_versions (practitioner_id, version)
+            SELECT unnest($1::uuid[]), 1
+            ON CONFLICT (practitioner_id) DO UPDATE SET version = schedule_versions.version + 1
+            """,
+            practitioners,
+        )
+
+    async def change_one_schedule() -> None:
+        """What a booking, a break or a published day does: one practitioner's version moves."""
+        ps = clinic.practitioners
+        await change([ps[next(changed) % len(ps)]])
+
+    async def change_every_schedule() -> None:
+        await change(clinic.practitioners)
+
     query = urlencode(
         {
             "service_id": str(clinic.service_id),
@@ -355,8 +393,10 @@ async def _availability(
     for url in (service_url, bare_url):
         await _sequential(session, url, clinic.headers, 50)
     service: list[float] = []
+    one: list[float] = []
+    cold: list[float] = []
     bare: list[float] = []
-    service_errors = bare_errors = size = 0
+    service_errors = one_errors = cold_errors = bare_errors = size = 0
     block = max(1, AVAILABILITY_REQUESTS // 5)
     done = 0
     while done < AVAILABILITY_REQUESTS:
@@ -367,10 +407,22 @@ async def _availability(
         latencies, errors, size = await _sequential(session, service_url, clinic.headers, n)
         service += latencies
         service_errors += errors
+        latencies, errors, _ = await _sequential(
+            session, service_url, clinic.headers, n, change_one_schedule
+        )
+        one += latencies
+        one_errors += errors
+        latencies, errors, _ = await _sequential(
+            session, service_url, clinic.headers, n, change_every_schedule
+        )
+        cold += latencies
+        cold_errors += errors
         done += n
     generator = "aiohttp client, one keep-alive connection, requests one after another"
     rows = [
         _load_result(AVAILABILITY, service, service_errors, generator),
+        _load_result(AVAILABILITY_ONE, one, one_errors, generator),
+        _load_result(AVAILABILITY_COLD, cold, cold_errors, generator),
         _load_result(AVAILABILITY_BARE, bare, bare_errors, generator),
     ]
     return rows, len(answer["slots"]), size
@@ -727,7 +779,7 @@ async def _measure_availability(
         ["-m", "bench.bookings", str(port), str(clinic.service_id)], {"DATABASE_URL": dsn}
     ):
         await wait_http(f"http://127.0.0.1:{port}/")
-        rows, offered, size = await _availability(session, clinic, window, port)
+        rows, offered, size = await _availability(session, pool, clinic, window, port)
     note = (
         f"availability answer: {offered} slots in {size} bytes of JSON; {expected} expected "
         "from the seeded bookings"

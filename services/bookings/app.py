@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.bookings.availability_cache import DayCache
+from services.bookings.availability_cache import AvailabilityCache
 from services.bookings.consumers import projections_ctx
 from services.bookings.directory import create_directory
 from services.bookings.keys import AVAILABILITY_CACHE, DIRECTORY
@@ -16,7 +16,7 @@ from shared.keys import DB_POOL, HTTP_CLIENT
 
 def create_app(settings: BookingsSettings) -> web.Application:
     app = resource_app(settings, build_api())
-    app[AVAILABILITY_CACHE] = DayCache(settings.availability_cache_chars)
+    app[AVAILABILITY_CACHE] = AvailabilityCache(settings.availability_cache_chars)
 
     async def directory_ctx(app: web.Application) -> AsyncIterator[None]:
         app[DIRECTORY] = create_directory(app[DB_POOL], app[HTTP_CLIENT], settings)

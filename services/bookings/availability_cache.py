@@ -1,68 +1,117 @@
-"""Rendered availability kept per clinic-local day, valid while nothing it depends on changed.
+"""Rendered availability kept between searches, valid while nothing it depends on changed.
 
-A day's answer depends on the service's duration, the clinic's grid and time zone, which
-practitioners offer the service, and each one's schedule version (moved by a trigger on every
-change to their bookings, breaks, working hours and published slots). All of that is the key,
-so an entry can never be served after a change: the next request simply asks for a new key.
+Two levels: one practitioner's slots on one clinic-local day, and a whole day merged across
+the practitioners who offer a service. Each key holds everything its answer depends on — the
+service's duration, the clinic's grid and time zone, which practitioners, and each one's
+schedule version (moved by a trigger on every change to their bookings, breaks, working hours
+and published slots) — so an entry can never be served after a change: the next search simply
+asks for another key. A booking therefore costs one practitioner's days, not the clinic's.
 Days that the present or the lead time cuts into are never kept.
 """
 
 from __future__ import annotations
 
+import heapq
 import uuid
-from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections import OrderedDict, defaultdict
+from collections.abc import Hashable, Iterable, Sequence
 from datetime import date
+from typing import Generic, TypeVar
 
 from services.bookings.availability import Slot
 
-
-def day_key(
-    *,
-    clinic_id: uuid.UUID,
-    day: date,
-    duration_minutes: int,
-    grid_minutes: int,
-    time_zone: str,
-    versions: Sequence[tuple[uuid.UUID, int]],
-) -> Hashable:
-    return (clinic_id, day, duration_minutes, grid_minutes, time_zone, tuple(versions))
+#: One rendered slot with what orders it in an answer: start instant, then practitioner.
+Entry = tuple[tuple[float, int], str]
+V = TypeVar("V")
 
 
-def render(slots: Sequence[Slot]) -> str:
-    """Slots as the members of a JSON array, without the brackets."""
-    return ",".join(
-        f'{{"start":"{s.start.isoformat()}","end":"{s.end.isoformat()}",'
-        f'"practitioner_id":"{s.practitioner_id}"}}'
-        for s in slots
+def render(slot: Slot) -> str:
+    """A slot as a member of the JSON ``slots`` array."""
+    return (
+        f'{{"start":"{slot.start.isoformat()}","end":"{slot.end.isoformat()}",'
+        f'"practitioner_id":"{slot.practitioner_id}"}}'
     )
 
 
-class DayCache:
-    """Least recently used entries within a budget of characters."""
+def entries_by_practitioner_day(
+    slots: Iterable[Slot],
+) -> dict[tuple[uuid.UUID, date], list[Entry]]:
+    """Rendered slots grouped by practitioner and local day (slots carry the clinic's zone)."""
+    grouped: dict[tuple[uuid.UUID, date], list[Entry]] = defaultdict(list)
+    for s in slots:
+        grouped[(s.practitioner_id, s.start.date())].append(
+            ((s.start.timestamp(), s.practitioner_id.int), render(s))
+        )
+    return grouped
 
-    def __init__(self, budget_chars: int) -> None:
-        self._budget = budget_chars
+
+def merge(lists: Iterable[Sequence[Entry]]) -> str:
+    """Several practitioners' sorted entries as one answer's members, in answer order."""
+    return ",".join(text for _, text in heapq.merge(*lists))
+
+
+class Lru(Generic[V]):
+    """Least recently used entries within a budget (each entry's size is the caller's measure)."""
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
         self._size = 0
-        self._entries: OrderedDict[Hashable, str] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
 
-    def get(self, key: Hashable) -> str | None:
+    def get(self, key: Hashable) -> V | None:
         found = self._entries.get(key)
-        if found is not None:
-            self._entries.move_to_end(key)
-        return found
+        if found is None:
+            return None
+        self._entries.move_to_end(key)
+        return found[0]
 
-    def put(self, key: Hashable, rendered: str) -> None:
-        if len(rendered) > self._budget:
+    def put(self, key: Hashable, value: V, size: int) -> None:
+        if size > self._budget:
             return
         previous = self._entries.pop(key, None)
         if previous is not None:
-            self._size -= len(previous)
-        self._entries[key] = rendered
-        self._size += len(rendered)
+            self._size -= previous[1]
+        self._entries[key] = (value, size)
+        self._size += size
         while self._size > self._budget:
-            _, evicted = self._entries.popitem(last=False)
-            self._size -= len(evicted)
+            _, (_, evicted) = self._entries.popitem(last=False)
+            self._size -= evicted
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class AvailabilityCache:
+    """Merged days and practitioner-days, half the budget (characters of JSON) each."""
+
+    def __init__(self, budget_chars: int) -> None:
+        self.days: Lru[str] = Lru(budget_chars // 2)
+        self.practitioner_days: Lru[list[Entry]] = Lru(budget_chars // 2)
+
+    @staticmethod
+    def day_key(
+        *,
+        clinic_id: uuid.UUID,
+        day: date,
+        duration_minutes: int,
+        grid_minutes: int,
+        time_zone: str,
+        versions: Sequence[tuple[uuid.UUID, int]],
+    ) -> Hashable:
+        return ("day", clinic_id, day, duration_minutes, grid_minutes, time_zone, tuple(versions))
+
+    @staticmethod
+    def practitioner_day_key(
+        *,
+        clinic_id: uuid.UUID,
+        practitioner: tuple[uuid.UUID, int],
+        day: date,
+        duration_minutes: int,
+        grid_minutes: int,
+        time_zone: str,
+    ) -> Hashable:
+        return ("pday", clinic_id, practitioner, day, duration_minutes, grid_minutes, time_zone)
+
+    def put_practitioner_day(self, key: Hashable, entries: list[Entry]) -> None:
+        # About what the rendered slots weigh, plus the tuples that hold them.
+        self.practitioner_days.put(key, entries, sum(len(t) + 64 for _, t in entries) + 64)

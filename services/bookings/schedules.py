@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Hashable
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 
 from services.bookings import availability, store
-from services.bookings.availability_cache import DayCache, day_key, render
+from services.bookings.availability_cache import (
+    AvailabilityCache,
+    Entry,
+    entries_by_practitioner_day,
+    merge,
+)
 from services.bookings.directory import ClinicDirectory, ClinicRules
 from services.bookings.schemas import (
     AvailabilityQuery,
@@ -362,7 +366,7 @@ def bookable(
 async def search(
     pool: asyncpg.Pool,
     directory: ClinicDirectory,
-    cache: DayCache,
+    cache: AvailabilityCache,
     *,
     clinic_id: uuid.UUID,
     query: AvailabilityQuery,
@@ -370,8 +374,8 @@ async def search(
     """Bookable starts for one service over up to 31 days, with their practitioner, as the
     JSON ``Availability`` document (it can hold thousands of slots).
 
-    Whole days that neither the present nor the lead time cuts into are kept rendered, keyed by
-    everything they depend on; only the days not kept are computed.
+    Whole days that neither the present nor the lead time cuts into are kept rendered (see
+    ``availability_cache``); only what is not kept is computed.
     """
     if query.to <= query.from_:
         raise ValidationProblem([FieldError("query.to", "Must be after from")])
@@ -397,10 +401,20 @@ async def search(
             offering = [o for o in offering if o[0] == query.practitioner_id]
             if not offering:
                 raise service_not_offered("query.practitioner_id")
-        duration = timedelta(minutes=service["duration_minutes"])
+        same = {
+            "clinic_id": clinic_id,
+            "duration_minutes": service["duration_minutes"],
+            "grid_minutes": rules.slot_minutes,
+            "time_zone": tz.key,
+        }
 
-        # Each local day the window touches, as (day, its part of the window, key if keepable).
-        plan: list[tuple[date, availability.Interval, Hashable | None]] = []
+        # Each local day the window touches: kept whole, from kept practitioner-days, or to be
+        # computed (a day cut by the window's ends, the present or the lead time).
+        days: list[date] = []
+        rendered: dict[date, str] = {}
+        kept: dict[tuple[uuid.UUID, date], list[Entry]] = {}
+        compute: list[tuple[uuid.UUID, date]] = []
+        parts: dict[date, availability.Interval] = {}
         for day in availability.local_days(window, tz):
             bounds = availability.local_day_bounds(day, tz)
             part = availability.Interval(
@@ -408,41 +422,60 @@ async def search(
             )
             if part.end <= earliest:
                 continue
-            whole = part == bounds and bounds.start >= earliest
-            key = (
-                day_key(
-                    clinic_id=clinic_id,
-                    day=day,
-                    duration_minutes=service["duration_minutes"],
-                    grid_minutes=rules.slot_minutes,
-                    time_zone=tz.key,
-                    versions=offering,
+            days.append(day)
+            parts[day] = part
+            if part != bounds or bounds.start < earliest:
+                compute += [(p, day) for p, _ in offering]
+                continue
+            whole = cache.days.get(AvailabilityCache.day_key(day=day, versions=offering, **same))
+            if whole is not None:
+                rendered[day] = whole
+                continue
+            for practitioner in offering:
+                found = cache.practitioner_days.get(
+                    AvailabilityCache.practitioner_day_key(
+                        practitioner=practitioner, day=day, **same
+                    )
                 )
-                if whole
-                else None
-            )
-            plan.append((day, part, key))
-        rendered: dict[date, str] = {}
-        for day, _, key in plan:
-            hit = cache.get(key) if key is not None else None
-            if hit is not None:
-                rendered[day] = hit
-        missing = [(day, part) for day, part, _ in plan if day not in rendered]
-        if missing:
-            span = availability.Interval(missing[0][1].start, missing[-1][1].end)
-            ids = [p for p, _ in offering]
+                if found is None:
+                    compute.append((practitioner[0], day))
+                else:
+                    kept[(practitioner[0], day)] = found
+        if compute:
+            first, last = min(d for _, d in compute), max(d for _, d in compute)
+            span = availability.Interval(parts[first].start, parts[last].end)
+            ids = sorted({p for p, _ in compute})
             cals = await calendars(conn, ids, rules, span)
-    if missing:
-        by_day: dict[date, list[availability.Slot]] = defaultdict(list)
-        for slot in bookable(cals, rules, span, duration, now):
-            by_day[slot.start.date()].append(slot)
-        keys = {day: key for day, _, key in plan}
-        for day, _ in missing:
-            rendered[day] = render(by_day.get(day, []))
-            key = keys[day]
-            if key is not None:
-                cache.put(key, rendered[day])
-    slots = ",".join(r for day, _, _ in plan if (r := rendered[day]))
+    if compute:
+        computed = entries_by_practitioner_day(
+            bookable(cals, rules, span, timedelta(minutes=service["duration_minutes"]), now)
+        )
+        versions = dict(offering)
+        for practitioner_id, day in compute:
+            entries = computed.get((practitioner_id, day), [])
+            kept[(practitioner_id, day)] = entries
+            if (
+                day not in rendered
+                and parts[day] == availability.local_day_bounds(day, tz)
+                and (parts[day].start >= earliest)
+            ):
+                cache.put_practitioner_day(
+                    AvailabilityCache.practitioner_day_key(
+                        practitioner=(practitioner_id, versions[practitioner_id]), day=day, **same
+                    ),
+                    entries,
+                )
+    for day in days:
+        if day in rendered:
+            continue
+        rendered[day] = merge(kept[(p, day)] for p, _ in offering)
+        bounds = availability.local_day_bounds(day, tz)
+        if parts[day] == bounds and bounds.start >= earliest:
+            text = rendered[day]
+            cache.days.put(
+                AvailabilityCache.day_key(day=day, versions=offering, **same), text, len(text)
+            )
+    slots = ",".join(r for day in days if (r := rendered[day]))
     return (
         f'{{"service_id":"{query.service_id}","time_zone":{json.dumps(tz.key)},"slots":[{slots}]}}'
     )

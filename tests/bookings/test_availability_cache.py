@@ -13,7 +13,7 @@ from uuid import UUID
 from aiohttp.test_utils import TestServer
 
 from services.bookings.availability import Slot
-from services.bookings.availability_cache import DayCache, render
+from services.bookings.availability_cache import Lru, entries_by_practitioner_day, merge, render
 from services.bookings.keys import AVAILABILITY_CACHE
 from tests.bookings.conftest import Partner
 from tests.bookings.test_schedules_http import (
@@ -50,10 +50,11 @@ async def test_whole_days_are_kept_and_served_again(
     vet, service = await vet_and_service(partner)
     await put_hours(partner, vet, rule(MONDAY, "09:00", "10:00"))
     cache = bookings_server.app[AVAILABILITY_CACHE]
-    before = len(cache)
+    days, practitioner_days = len(cache.days), len(cache.practitioner_days)
     times, _, _ = await _warm(partner, service)
     assert times == ["09:00", "09:15", "09:30"]
-    assert len(cache) >= before + 1
+    assert len(cache.days) >= days + 2
+    assert len(cache.practitioner_days) >= practitioner_days + 2
 
 
 async def test_a_booking_shows_at_once_and_its_cancellation_too(partner: Partner) -> None:
@@ -67,6 +68,23 @@ async def test_a_booking_shows_at_once_and_its_cancellation_too(partner: Partner
         "POST", f"/bookings/{booking['id']}/cancel", {"reason": "changed plans"}, expect=200
     )
     assert hhmm(await available(partner, service, start, end)) == ["09:00", "09:15", "09:30"]
+
+
+async def test_a_booking_recomputes_its_practitioner_and_keeps_the_others_right(
+    partner: Partner,
+) -> None:
+    first = await new_practitioner(partner, "Dr First")
+    second = await new_practitioner(partner, "Dr Second")
+    service = await new_service(partner, [first, second])
+    await put_hours(partner, first, rule(MONDAY, "09:00", "09:30"))
+    await put_hours(partner, second, rule(MONDAY, "09:00", "09:30"))
+    start, end = whole_days(upcoming(MONDAY), 2)
+    before = await available(partner, service, start, end)
+    assert sorted(s["practitioner_id"] for s in before) == sorted([first, second])
+    status, body, _ = await book(partner, first, service, at(upcoming(MONDAY), "09:00"))
+    assert status == 201, body
+    after = await available(partner, service, start, end)
+    assert [(hhmm([s])[0], s["practitioner_id"]) for s in after] == [("09:00", second)]
 
 
 async def test_a_break_and_its_removal_show_at_once(partner: Partner) -> None:
@@ -122,35 +140,39 @@ async def test_who_offers_the_service_and_its_duration_are_part_of_the_answer(
     assert hhmm(await available(partner, service, start, end)) == ["09:00"]
 
 
-def _slot(n: int) -> Slot:
+def _slot(n: int, practitioner: int) -> Slot:
     moment = datetime(2030, 1, 1, 9, tzinfo=UTC) + timedelta(minutes=15 * n)
-    return Slot(moment, moment + timedelta(minutes=30), UUID(int=n))
+    return Slot(moment, moment + timedelta(minutes=30), UUID(int=practitioner))
 
 
-def test_the_day_cache_keeps_within_its_budget_and_drops_the_least_recent() -> None:
-    one = render([_slot(1)])
-    cache = DayCache(budget_chars=len(one) * 2)
-    cache.put("a", one)
-    cache.put("b", render([_slot(2)]))
-    assert cache.get("a") == one  # "a" is now the most recent
-    cache.put("c", render([_slot(3)]))
+def test_the_cache_keeps_within_its_budget_and_drops_the_least_recent() -> None:
+    cache: Lru[str] = Lru(budget=10)
+    cache.put("a", "aaaa", 4)
+    cache.put("b", "bbbb", 4)
+    assert cache.get("a") == "aaaa"  # "a" is now the most recent
+    cache.put("c", "cccc", 4)
     assert cache.get("b") is None
-    assert cache.get("a") == one
-    assert cache.get("c") is not None
-    cache.put("huge", one * 3)  # larger than the whole budget: never kept
+    assert cache.get("a") == "aaaa"
+    assert cache.get("c") == "cccc"
+    cache.put("huge", "x" * 11, 11)  # larger than the whole budget: never kept
     assert cache.get("huge") is None
     assert len(cache) == 2
 
 
-def test_rendered_slots_are_json_array_members() -> None:
-    slots = [_slot(1), _slot(2)]
-    parsed = json.loads("[" + render(slots) + "]")
-    assert parsed == [
+def test_practitioner_days_merge_into_answer_order() -> None:
+    # As the search yields them: by start, then practitioner.
+    expected = [_slot(0, 1), _slot(0, 2), _slot(1, 1), _slot(2, 2)]
+    grouped = entries_by_practitioner_day(expected)
+    day = expected[0].start.date()
+    assert set(grouped) == {(UUID(int=1), day), (UUID(int=2), day)}
+    merged = json.loads("[" + merge(reversed(list(grouped.values()))) + "]")
+    assert merged == [
         {
             "start": s.start.isoformat(),
             "end": s.end.isoformat(),
             "practitioner_id": str(s.practitioner_id),
         }
-        for s in slots
+        for s in expected
     ]
-    assert render([]) == ""
+    assert merge([]) == ""
+    assert json.loads(render(expected[1]))["practitioner_id"] == str(UUID(int=2))
