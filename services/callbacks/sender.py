@@ -13,7 +13,7 @@ import aiohttp
 from services.callbacks.retries import parse_retry_after
 from services.callbacks.settings import CallbacksSettings
 from services.callbacks.signing import webhook_headers
-from services.callbacks.ssrf import AddressRefused, CheckedResolver, check_ip_literal
+from services.callbacks.ssrf import AddressRefused, CheckedResolver, check_ip_literal, redact_url
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,9 @@ class Sender:
         except TimeoutError:
             return done(error="timed out")
         except aiohttp.ClientError as exc:
-            return done(error=f"{type(exc).__name__}: {exc}"[:500])
+            # Messages can quote the URL, and a query can hold the receiver's own secret.
+            message = str(exc).replace(url, redact_url(url))
+            return done(error=f"{type(exc).__name__}: {message}"[:500])
 
 
 @asynccontextmanager
