@@ -8,6 +8,7 @@ group, and invisible to every other group. Duplicates are refused by the databas
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -160,6 +161,7 @@ async def change_group_form(
     reset = [name for name, value in given.items() if value is None]
     async with pool.acquire() as conn:
         row = await store.change_group_form(conn, group_id, replace, reset)
+    _forget_form(group_id)
     return _group_form(group_id, row)
 
 
@@ -167,6 +169,7 @@ async def reset_group_form(pool: asyncpg.Pool, *, group_id: uuid.UUID) -> GroupF
     """Every list of the group back to the defaults."""
     async with pool.acquire() as conn:
         await store.delete_group_form(conn, group_id)
+    _forget_form(group_id)
     return _group_form(group_id, None)
 
 
@@ -359,13 +362,26 @@ def _consent_answers(
 
 
 #: Indexed lists by (group, version of its form): building them is the costliest step of a
-#: registration, and a form changes rarely. The version is read on every use, so a change made
-#: through any copy of the service is seen at once.
+#: registration, and a form changes rarely. Which version a group is on is itself kept for a
+#: second; a change made through this copy of the service is seen at once, through another copy
+#: within that second.
 _LOOKUPS: dict[tuple[uuid.UUID | None, datetime | None], Lookups] = {}
-_LOOKUPS_MAX = 1024
+_VERSIONS: dict[uuid.UUID, tuple[float, datetime | None]] = {}
+_CACHE_MAX = 1024
+VERSION_SECONDS = 1.0
+
+
+def _forget_form(group_id: uuid.UUID) -> None:
+    _VERSIONS.pop(group_id, None)
 
 
 async def _lookups(pool: asyncpg.Pool, group_id: uuid.UUID) -> Lookups:
+    known = _VERSIONS.get(group_id)
+    if known is not None and known[0] > time.monotonic():
+        version = known[1]
+        found = _LOOKUPS.get((group_id, version) if version is not None else (None, None))
+        if found is not None:
+            return found
     async with pool.acquire() as conn:
         version = await store.group_form_version(conn, group_id)
         # Every group on the defaults shares one entry.
@@ -374,9 +390,12 @@ async def _lookups(pool: asyncpg.Pool, group_id: uuid.UUID) -> Lookups:
         if found is None:
             lists, _ = await _lists(conn, group_id)
             found = Lookups.of(lists)
-            if len(_LOOKUPS) >= _LOOKUPS_MAX:
+            if len(_LOOKUPS) >= _CACHE_MAX:
                 _LOOKUPS.clear()
             _LOOKUPS[key] = found
+    if len(_VERSIONS) >= _CACHE_MAX:
+        _VERSIONS.clear()
+    _VERSIONS[group_id] = (time.monotonic() + VERSION_SECONDS, version)
     return found
 
 
@@ -642,8 +661,14 @@ async def _write_registration(
     client_id = uuid.uuid4()
     # The answer is built from what the inserts return: reading it back would cost three more
     # round trips on the busiest write of the service.
+    key, digest = request
     row = await store.insert_client(
-        conn, client_id, group_id=clinic.group_id, clinic_id=clinic.clinic_id, values=client_values
+        conn,
+        client_id,
+        group_id=clinic.group_id,
+        clinic_id=clinic.clinic_id,
+        values=client_values,
+        request=(app_id, key, digest) if key is not None else None,
     )
     pets = [
         _patient(
@@ -656,18 +681,6 @@ async def _write_registration(
     consents = await store.record_consents(
         conn, client_id, clinic_id=clinic.clinic_id, application_id=app_id, answers=answers
     )
-    key, digest = request
-    if key is not None:
-        await store.insert_create_request(
-            conn,
-            app_id,
-            clinic.clinic_id,
-            REGISTRATION,
-            key,
-            request_hash=digest,
-            client_id=client_id,
-            resource_id=client_id,
-        )
     client = _client(
         row,
         pets,

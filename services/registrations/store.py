@@ -120,16 +120,32 @@ async def insert_client(
     group_id: uuid.UUID,
     clinic_id: uuid.UUID,
     values: dict[str, Any],
+    request: tuple[uuid.UUID, str, bytes] | None = None,
 ) -> Record:
+    """Insert the client; with ``request`` (application, Idempotency-Key, body hash) the key of
+    the registration that creates it is recorded in the same statement."""
     columns = [c for c in CLIENT_COLUMNS if c in values]
-    placeholders = ", ".join(f"${i + 4}" for i in range(len(columns)))
+    placeholders = ", ".join(f"${i + 7}" for i in range(len(columns)))
+    app_id, key, digest = request if request is not None else (None, None, None)
     return await fetch_one(
         conn,
-        f"INSERT INTO clients (id, group_id, registered_clinic_id, {', '.join(columns)}) "
-        f"VALUES ($1, $2, $3, {placeholders}) RETURNING {_CLIENT}",
+        f"""
+        WITH client AS (
+            INSERT INTO clients (id, group_id, registered_clinic_id, {", ".join(columns)})
+            VALUES ($1, $2, $3, {placeholders}) RETURNING {_CLIENT}
+        ), request AS (
+            INSERT INTO create_requests (application_id, clinic_id, operation, idempotency_key,
+                                         request_hash, client_id, resource_id)
+            SELECT $4, $3, 'registration', $5, $6, $1, $1 WHERE $5::text IS NOT NULL
+        )
+        SELECT * FROM client
+        """,
         client_id,
         group_id,
         clinic_id,
+        app_id,
+        key,
+        digest,
         *(values[c] for c in columns),
     )
 
