@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -45,6 +46,20 @@ def decode_cursor(cursor: str | None, arity: int) -> list[str] | None:
             raise ValueError("bad cursor")
         return key
     except (ValueError, RecursionError):  # RecursionError: deeply nested JSON from a client
+        raise ValidationProblem(
+            [FieldError("query.cursor", "Unknown or malformed cursor")]
+        ) from None
+
+
+def time_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
+    """The (timestamp, id) sort key a list cursor holds; a 422 on ``query.cursor`` if it was
+    tampered with."""
+    key = decode_cursor(cursor, 2)
+    if key is None:
+        return None
+    try:
+        return datetime.fromisoformat(key[0]), uuid.UUID(key[1])
+    except ValueError:
         raise ValidationProblem(
             [FieldError("query.cursor", "Unknown or malformed cursor")]
         ) from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -32,7 +31,7 @@ from shared import events
 from shared.db import Connection, Record
 from shared.errors import Conflict, FieldError, NotFound, ValidationProblem
 from shared.outbox import emit
-from shared.pagination import decode_cursor, encode_cursor
+from shared.pagination import decode_cursor, encode_cursor, time_cursor
 
 ReadModel = type[PractitionerRead] | type[ServiceRead] | type[InsuranceRead]
 
@@ -55,19 +54,6 @@ _KINDS: dict[str, tuple[store.Kind, ReadModel, str, str]] = {
 
 #: Fields a PATCH may set to null ("any species"); null for any other field is refused.
 _NULLABLE = frozenset({"species"})
-
-
-def page_after(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
-    """The (updated_at, id) sort key a cursor holds; 422 on the cursor if it holds junk."""
-    key = decode_cursor(cursor, 2)
-    if key is None:
-        return None
-    try:
-        return datetime.fromisoformat(key[0]), uuid.UUID(key[1])
-    except ValueError:
-        raise ValidationProblem(
-            [FieldError("query.cursor", "Unknown or malformed cursor")]
-        ) from None
 
 
 def page_cursor(rows: list[Record], limit: int) -> str | None:
@@ -221,7 +207,7 @@ async def list_resources(
             kind,
             clinic_id,
             app_id,
-            after=page_after(query.cursor),
+            after=time_cursor(query.cursor),
             updated_since=query.updated_since,
             active=query.active,
             external_id=query.external_id,

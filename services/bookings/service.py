@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from services.bookings import availability, store
-from services.bookings.catalogue import page_after, page_cursor
+from services.bookings.catalogue import page_cursor
 from services.bookings.directory import ClinicDirectory, ClinicRules
 from services.bookings.schedules import bookable, calendars, service_not_offered, unknown_service
 from services.bookings.schemas import (
@@ -33,7 +33,7 @@ from shared.conditional import check_if_match, idempotency_key_reused, request_h
 from shared.db import Connection, Row
 from shared.errors import Conflict, FieldError, NotFound, ProblemError, ValidationProblem
 from shared.outbox import emit
-from shared.pagination import decode_cursor, encode_cursor
+from shared.pagination import decode_cursor, encode_cursor, time_cursor
 
 LIVE = ("booked", "confirmed", "arrived")
 #: Validates a change against the locked row and returns the columns to set.
@@ -279,7 +279,7 @@ async def list_bookings(
             conn,
             clinic_id,
             app_id,
-            after=page_after(query.cursor),
+            after=time_cursor(query.cursor),
             start=query.from_,
             end=query.to,
             practitioner_id=query.practitioner_id,

@@ -48,6 +48,32 @@ def next_state(
     return "pending", delay
 
 
+def attempt_record(
+    outcome: Outcome,
+    *,
+    delivery_id: uuid.UUID,
+    endpoint_id: uuid.UUID,
+    token: uuid.UUID,
+    trigger: str,
+    state: str,
+    delay: float,
+) -> store.AttemptRecord:
+    """What is written of one attempt, and what its delivery becomes."""
+    return store.AttemptRecord(
+        delivery_id=delivery_id,
+        endpoint_id=endpoint_id,
+        token=token,
+        attempted_at=outcome.attempted_at,
+        duration_ms=outcome.duration_ms,
+        status_code=outcome.status_code,
+        excerpt=outcome.excerpt,
+        error=outcome.error,
+        trigger=trigger,
+        outcome=state,
+        delay_seconds=delay,
+    )
+
+
 class Keys:
     """Decrypted signing keys by ciphertext: decrypting once per secret, not per attempt."""
 
@@ -184,18 +210,14 @@ class Dispatcher:
                 state,
             )
         self._pending.append(
-            store.AttemptRecord(
+            attempt_record(
+                outcome,
                 delivery_id=row["id"],
                 endpoint_id=row["endpoint_id"],
                 token=token,
-                attempted_at=outcome.attempted_at,
-                duration_ms=outcome.duration_ms,
-                status_code=outcome.status_code,
-                excerpt=outcome.excerpt,
-                error=outcome.error,
                 trigger="replay" if row["replay"] else "scheduled",
-                outcome=state,
-                delay_seconds=delay,
+                state=state,
+                delay=delay,
             )
         )
         self._written.set()

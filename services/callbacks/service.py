@@ -13,7 +13,7 @@ import asyncpg
 from aiohttp.resolver import DefaultResolver
 
 from services.callbacks import store
-from services.callbacks.dispatcher import Dispatcher, Keys, next_state
+from services.callbacks.dispatcher import Dispatcher, Keys, attempt_record, next_state
 from services.callbacks.schemas import (
     AttemptRead,
     DeliveryDetail,
@@ -41,7 +41,7 @@ from shared.conditional import check_if_match, idempotency_key_reused, request_h
 from shared.db import Connection, Record
 from shared.errors import Conflict, FieldError, NotFound, ValidationProblem
 from shared.events import PARTNER_EVENT_TYPES, Event
-from shared.pagination import PageQuery, decode_cursor, encode_cursor
+from shared.pagination import PageQuery, decode_cursor, encode_cursor, time_cursor
 from shared.tokens import Principal
 
 TEST_EVENT = "webhook.test"
@@ -154,19 +154,6 @@ async def _owned(conn: Connection, endpoint_id: uuid.UUID, app_id: uuid.UUID) ->
     return row
 
 
-def _time_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
-    """The (created_at, id) key of a list cursor; a 422 on ``query.cursor`` if it is forged."""
-    key = decode_cursor(cursor, 2)
-    if key is None:
-        return None
-    try:
-        return datetime.fromisoformat(key[0]), uuid.UUID(key[1])
-    except ValueError:
-        raise ValidationProblem(
-            [FieldError("query.cursor", "Unknown or malformed cursor")]
-        ) from None
-
-
 async def get_endpoint(
     ctx: Context, principal: Principal, endpoint_id: uuid.UUID
 ) -> tuple[EndpointRead, int]:
@@ -178,7 +165,7 @@ async def get_endpoint(
 
 async def list_endpoints(ctx: Context, principal: Principal, query: PageQuery) -> EndpointPage:
     """The application's endpoints, oldest first."""
-    after = _time_cursor(query.cursor)
+    after = time_cursor(query.cursor)
     async with ctx.pool.acquire() as conn:
         rows = await store.list_endpoints(
             conn,
@@ -311,18 +298,14 @@ async def send_test(ctx: Context, principal: Principal, endpoint_id: uuid.UUID) 
     # A test is one attempt: it is never retried, and its result does not count towards the
     # endpoint's failure clock.
     state, _ = next_state(ctx.dispatcher.policy, attempts_before=0, replay=True, outcome=outcome)
-    record = store.AttemptRecord(
+    record = attempt_record(
+        outcome,
         delivery_id=delivery_id,
         endpoint_id=endpoint_id,
         token=token,
-        attempted_at=outcome.attempted_at,
-        duration_ms=outcome.duration_ms,
-        status_code=outcome.status_code,
-        excerpt=outcome.excerpt,
-        error=outcome.error,
         trigger="test",
-        outcome=state,
-        delay_seconds=0.0,
+        state=state,
+        delay=0.0,
     )
     async with ctx.pool.acquire() as conn, conn.transaction():
         await store.record_attempts(conn, [record])
@@ -349,7 +332,7 @@ async def list_deliveries(
     ctx: Context, principal: Principal, endpoint_id: uuid.UUID, query: DeliveryListQuery
 ) -> DeliveryPage:
     """An endpoint's deliveries, oldest first, optionally of one status."""
-    after = _time_cursor(query.cursor)
+    after = time_cursor(query.cursor)
     async with ctx.pool.acquire() as conn:
         await _owned(conn, endpoint_id, principal.application_id)
         rows = await store.list_deliveries(

@@ -53,7 +53,7 @@ from shared.errors import (
 )
 from shared.events import ClientChanged, ClientErased, PatientChanged
 from shared.outbox import Draft, emit, emit_many
-from shared.pagination import decode_cursor, encode_cursor
+from shared.pagination import encode_cursor, time_cursor
 from shared.ratelimit import TokenBuckets
 
 REGISTRATION = "registration"
@@ -455,13 +455,7 @@ async def list_clients(
 ) -> ClientPage:
     """The group's clients in sync order (erased ones included, so partners forget them)."""
     clinic = await directory.get(clinic_id)
-    key = decode_cursor(query.cursor, 2)
-    try:
-        after = (datetime.fromisoformat(key[0]), uuid.UUID(key[1])) if key else None
-    except ValueError:
-        raise ValidationProblem(
-            [FieldError("query.cursor", "Unknown or malformed cursor")]
-        ) from None
+    after = time_cursor(query.cursor)
     async with pool.acquire() as conn:
         rows = await store.list_clients(
             conn,

@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from email.message import Message
 from typing import Any
 
 import aiohttp
@@ -43,6 +41,7 @@ from tests.callbacks.conftest import (
     booking_event,
     publish,
 )
+from tests.callbacks.mailbox import all_mail_sent, contact_of, mail_rows, mails, text_of
 from tests.conftest import Admin, TokenFactory
 from tests.polling import eventually
 
@@ -154,44 +153,6 @@ async def kept(service: Callbacks, event: Event) -> list[uuid.UUID]:
     async with service.pool.acquire() as conn:
         rows = await conn.fetch("SELECT endpoint_id FROM deliveries WHERE event_id = $1", event.id)
     return [r["endpoint_id"] for r in rows]
-
-
-async def contact_of(admin: Admin, partner: Partner) -> str:
-    app = await admin.call("GET", f"/v1/admin/applications/{partner.tenant.application_id}")
-    return str(app["contact_email"])
-
-
-def subject(message: Message) -> str:
-    """The Subject header unfolded (a long one arrives folded over lines)."""
-    return re.sub(r"\r?\n", "", str(message["Subject"]))
-
-
-def mails(smtp: Any, address: str, word: str) -> list[Message]:
-    return [m for m in smtp.inbox.to(address) if word in subject(m)]
-
-
-def text_of(message: Message) -> str:
-    payload = message.get_payload(decode=True)
-    assert isinstance(payload, bytes)
-    return payload.decode()
-
-
-async def all_mail_sent(service: Callbacks) -> None:
-    async def sent() -> bool:
-        async with service.pool.acquire() as conn:
-            return not await conn.fetchval("SELECT count(*) FROM mails WHERE sent_at IS NULL")
-
-    await eventually(sent, "every queued mail sent")
-
-
-async def mail_rows(service: Callbacks, endpoint_id: str, kind: str) -> int:
-    async with service.pool.acquire() as conn:
-        count: int = await conn.fetchval(
-            "SELECT count(*) FROM mails WHERE endpoint_id = $1 AND kind = $2",
-            uuid.UUID(endpoint_id),
-            kind,
-        )
-    return count
 
 
 def client_registered(partner: Partner) -> Event:

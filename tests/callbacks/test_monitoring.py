@@ -7,9 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
-import uuid
-from email.message import Message
 from typing import Any
 
 import pytest
@@ -17,13 +14,13 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
 from tests.callbacks.conftest import (
-    Callbacks,
     CallbacksFactory,
     Partner,
     PartnerFactory,
     Received,
     Receiver,
 )
+from tests.callbacks.mailbox import all_mail_sent, contact_of, mail_rows, mails, subject, text_of
 from tests.conftest import Admin
 from tests.polling import eventually
 
@@ -65,44 +62,6 @@ async def more_pings(receiver: Receiver, path: str, count: int) -> None:
 async def health(partner: Partner, endpoint_id: str) -> dict[str, Any]:
     _, body = await partner.call("GET", f"{E}/{endpoint_id}/health", expect=200)
     return dict(body)
-
-
-async def contact_of(admin: Admin, partner: Partner) -> str:
-    app = await admin.call("GET", f"/v1/admin/applications/{partner.tenant.application_id}")
-    return str(app["contact_email"])
-
-
-def subject(message: Message) -> str:
-    """The Subject header unfolded (a long one arrives folded over lines)."""
-    return re.sub(r"\r?\n", "", str(message["Subject"]))
-
-
-def mails(smtp: Any, address: str, words: str) -> list[Message]:
-    return [m for m in smtp.inbox.to(address) if words in subject(m)]
-
-
-def text_of(message: Message) -> str:
-    payload = message.get_payload(decode=True)
-    assert isinstance(payload, bytes)
-    return payload.decode()
-
-
-async def all_mail_sent(service: Callbacks) -> None:
-    async def sent() -> bool:
-        async with service.pool.acquire() as conn:
-            return not await conn.fetchval("SELECT count(*) FROM mails WHERE sent_at IS NULL")
-
-    await eventually(sent, "every queued mail sent")
-
-
-async def mail_rows(service: Callbacks, endpoint_id: str, kind: str) -> int:
-    async with service.pool.acquire() as conn:
-        count: int = await conn.fetchval(
-            "SELECT count(*) FROM mails WHERE endpoint_id = $1 AND kind = $2",
-            uuid.UUID(endpoint_id),
-            kind,
-        )
-    return count
 
 
 # --- pings -----------------------------------------------------------------------------------
