@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import asyncpg
 from pydantic import ValidationError
 
@@ -207,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with 'all': the gateway's port; the services take the next four",
     )
     sub.add_parser("up", help="database, migrations, sandbox seed and every service (make run)")
+    demo = sub.add_parser(
+        "demo", help="play a partner against the running sandbox and print the transcript"
+    )
+    demo.add_argument("--base-url", default=None, help="default: VETGATE_ISSUER or :8000")
+    demo.add_argument("--client-id", default=None, help="default: the sandbox application")
+    demo.add_argument("--client-secret", default=None)
+    demo.add_argument("--clinic-id", type=_id, default=None, help="default: the sandbox clinic")
     seed = sub.add_parser("seed-sandbox", help="create or refresh the sandbox tenant")
     seed.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
@@ -330,6 +338,30 @@ async def _operator(args: argparse.Namespace) -> Any:
     raise SystemExit(f"unknown command {cmd}")
 
 
+def _demo(args: argparse.Namespace) -> None:
+    from services import demo
+
+    settings = AuthSettings()
+    sandbox_partner = sandbox.partner_credentials(settings)
+    base = args.base_url or settings.issuer
+    try:
+        made = asyncio.run(
+            demo.run(
+                base_url=base,
+                client_id=args.client_id or sandbox_partner["client_id"],
+                client_secret=args.client_secret or sandbox_partner["client_secret"],
+                clinic_id=args.clinic_id or sandbox_partner["clinic_id"],
+            )
+        )
+    except demo.DemoFailed as exc:
+        raise SystemExit(f"vetgate demo: {exc}") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise SystemExit(
+            f"vetgate demo: {base} is not answering ({exc}); start the platform with `make run`"
+        ) from None
+    print(f"\nDone: booking {made['booking_id']}, client {made['client_id']}.")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "run":
@@ -341,6 +373,9 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(runner.run_all(gateway_port=args.port))
         else:
             runner.serve(args.service)
+        return
+    if args.command == "demo":
+        _demo(args)
         return
     if args.command == "up":
         logs.configure("vetgate", os.environ.get("VETGATE_LOG_LEVEL", "WARNING"))

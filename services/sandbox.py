@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from services.auth import crypto, store
+from services.auth import service as auth_service
 from services.auth.settings import AuthSettings
 from services.bookings import store as bookings_store
 from shared import scopes
@@ -41,6 +42,15 @@ def _derive(settings: AuthSettings, purpose: str) -> str:
     return crypto.SECRET_PREFIX + digest.hex()
 
 
+def partner_credentials(settings: AuthSettings) -> dict[str, str]:
+    """What the sandbox partner signs in with; derived, so nothing needs to be looked up."""
+    return {
+        "client_id": CLIENT_ID,
+        "client_secret": _derive(settings, "client-secret"),
+        "clinic_id": str(CLINIC_ID),
+    }
+
+
 async def seed(pool: asyncpg.Pool, settings: AuthSettings) -> dict[str, Any]:
     """Create or refresh the sandbox tenant; return what a partner needs to start."""
     client_secret = _derive(settings, "client-secret")
@@ -60,6 +70,11 @@ async def seed(pool: asyncpg.Pool, settings: AuthSettings) -> dict[str, Any]:
             staff_user_id=STAFF_USER_ID,
             staff_username=STAFF_USERNAME,
             password_hash=password_hash,
+        )
+        # Services that follow the directory by its events (callbacks routes webhooks by the
+        # grants) learn of the sandbox as of any other tenant.
+        await auth_service.announce_tenant(
+            conn, clinic_id=CLINIC_ID, application_id=APPLICATION_ID, grant_id=GRANT_ID
         )
     await _seed_bookings(settings.database_url)
     return {

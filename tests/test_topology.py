@@ -24,7 +24,7 @@ import pytest
 
 from services import registry, sandbox
 from tests.conftest import basic_auth
-from tests.test_cli import ROOT, ok, process_env, vetgate_command
+from tests.test_cli import ROOT, ok, process_env, vetgate, vetgate_command
 
 STARTUP_SECONDS = 60.0
 STOP_SECONDS = 20.0
@@ -144,6 +144,8 @@ async def topology(
         VETGATE_HOST="127.0.0.1",
         VETGATE_LOG_LEVEL="INFO",
         VETGATE_OUTBOX_POLL_SECONDS="0.2",
+        # The demo's webhook receiver listens on this machine.
+        VETGATE_WEBHOOK_ALLOWED_HOSTS='["127.0.0.1"]',
     )
     log_path = tmp_path_factory.mktemp("topology") / "run-all.log"
     child = await spawn([*vetgate_command(), "run", "all", "--port", str(port)], env, log_path)
@@ -324,3 +326,19 @@ async def test_a_separate_bookings_process_uses_the_topology_auth_service(
     finally:
         await stop(child)
     assert child.process.returncode is not None
+
+
+async def test_the_demo_plays_a_partner_through_the_gateway(
+    topology: Topology, sandbox_credentials: dict[str, Any]
+) -> None:
+    run = await vetgate("demo", "--base-url", topology.base, env=topology.env)
+    assert run.returncode == 0, (run.stdout, run.stderr)
+    assert "Traceback" not in run.stderr
+    transcript = run.stdout
+    # Every step shows its call, and the webhook's signature was checked by hand.
+    for step in range(1, 12):
+        assert f"\n{step}. " in "\n" + transcript, (step, transcript)
+    assert "→ POST /v1/webhooks/endpoints" in transcript
+    assert "signature verified" in transcript
+    assert "booking.created #1, booking.rescheduled #2, booking.cancelled #3" in transcript
+    assert sandbox_credentials["client_secret"] not in transcript

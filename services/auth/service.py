@@ -40,7 +40,7 @@ from shared import events, scopes
 from shared.db import Connection, Row, constraint_problem
 from shared.errors import Conflict, FieldError, NotFound, OAuthError, RateLimited, ValidationProblem
 from shared.events import ApplicationChanged, ClinicChanged, Event, GrantChanged, TokenRevoked
-from shared.outbox import emit
+from shared.outbox import Draft, emit, emit_many
 from shared.pagination import PageQuery, decode_cursor, encode_cursor
 from shared.ratelimit import TokenBuckets
 from shared.tokens import Principal
@@ -73,23 +73,53 @@ async def create_clinic(pool: asyncpg.Pool, data: ClinicCreate) -> ClinicRead:
         if not await store.group_exists(conn, data.group_id):
             raise ValidationProblem([FieldError("body.group_id", "No such group")])
         row = await store.insert_clinic(conn, uuid.uuid4(), **data.model_dump())
-        clinic = ClinicRead.model_validate(dict(row))
         await emit(
             conn,
             events.CLINIC_CREATED,
-            ClinicChanged(
-                clinic_id=clinic.id,
-                group_id=clinic.group_id,
-                name=clinic.name,
-                time_zone=clinic.time_zone,
-                country=clinic.country,
-                sandbox=clinic.sandbox,
-                changed_at=clinic.updated_at,
-            ),
-            aggregate=f"clinic:{clinic.id}",
-            clinic_id=clinic.id,
+            _clinic_event(row),
+            aggregate=f"clinic:{row['id']}",
+            clinic_id=row["id"],
         )
-    return clinic
+    return ClinicRead.model_validate(dict(row))
+
+
+def _clinic_event(row: asyncpg.Record) -> ClinicChanged:
+    return ClinicChanged(
+        clinic_id=row["id"],
+        group_id=row["group_id"],
+        name=row["name"],
+        time_zone=row["time_zone"],
+        country=row["country"],
+        sandbox=row["sandbox"],
+        changed_at=row["updated_at"],
+    )
+
+
+async def announce_tenant(
+    conn: Connection, *, clinic_id: uuid.UUID, application_id: uuid.UUID, grant_id: uuid.UUID
+) -> None:
+    """Tell every service of a clinic, application and grant written without the API (the
+    sandbox seed), as creating them through it would have."""
+    clinic = await store.get_clinic(conn, clinic_id)
+    app = await store.get_application(conn, application_id)
+    grant = await store.get_grant(conn, grant_id)
+    assert clinic is not None
+    assert app is not None
+    assert grant is not None
+    granted = grant["revoked_at"] is None
+    await emit_many(
+        conn,
+        [
+            Draft(events.CLINIC_UPDATED, _clinic_event(clinic), f"clinic:{clinic_id}", clinic_id),
+            Draft(events.APPLICATION_UPDATED, _app_event(app), f"application:{application_id}"),
+            Draft(
+                events.GRANT_CREATED if granted else events.GRANT_REVOKED,
+                _grant_event(grant, app["client_id"], grant["revoked_at"] or grant["created_at"]),
+                f"grant:{grant_id}",
+                grant["clinic_id"],
+            ),
+        ],
+    )
 
 
 async def get_clinic(pool: asyncpg.Pool, clinic_id: uuid.UUID) -> ClinicRead:
@@ -409,15 +439,7 @@ async def access_snapshot(pool: asyncpg.Pool) -> list[Event]:
         Event(
             type=events.CLINIC_UPDATED,
             clinic_id=r["id"],
-            data=ClinicChanged(
-                clinic_id=r["id"],
-                group_id=r["group_id"],
-                name=r["name"],
-                time_zone=r["time_zone"],
-                country=r["country"],
-                sandbox=r["sandbox"],
-                changed_at=r["updated_at"],
-            ).model_dump(mode="json"),
+            data=_clinic_event(r).model_dump(mode="json"),
         )
         for r in found["clinics"]
     ]
