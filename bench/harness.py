@@ -146,6 +146,10 @@ class BenchPlatform:
 
     auth_url: str
     service_url: str | None
+    # The private exchange and queue prefix of the run, and the service's process id (py-spy).
+    exchange: str = ""
+    queue_prefix: str = ""
+    service_pid: int | None = None
 
 
 @contextlib.asynccontextmanager
@@ -178,17 +182,18 @@ async def bench_platform(
             stack.enter_context(
                 server_process(["-m", "services.auth"], {**common, "VETGATE_PORT": str(auth_port)})
             )
+            service_pid = None
             if service is not None:
-                stack.enter_context(
+                service_pid = stack.enter_context(
                     server_process(
                         ["-m", f"services.{service}"],
                         {**common, "VETGATE_PORT": str(service_port), "VETGATE_AUTH_URL": auth_url},
                     )
-                )
+                ).pid
             await wait_http(f"{auth_url}/readyz")
             if service_url is not None:
                 await wait_http(f"{service_url}/readyz")
-            yield BenchPlatform(auth_url, service_url)
+            yield BenchPlatform(auth_url, service_url, exchange, prefix, service_pid)
     finally:
         await _remove_broker_objects(exchange, [f"{prefix}.{q}" for q in queues])
 
