@@ -35,6 +35,7 @@ class CallbacksSettings(ServiceSettings):
     # A claimed delivery belongs to its worker this long; a worker that died frees it after.
     delivery_lease_seconds: float = 60.0
     dispatch_poll_seconds: float = 0.5
+    dispatch_coalesce_seconds: float = 0.003
     claim_batch: int = 200
     # An ordered endpoint waits this long for a missing earlier event of a resource.
     ordering_gap_seconds: float = 10.0

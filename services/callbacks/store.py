@@ -398,17 +398,17 @@ _LIVE_SECRETS = """
 """
 
 _CLAIM = f"""
-WITH due AS (
-    SELECT DISTINCT endpoint_id FROM deliveries
-    WHERE status = 'pending' AND next_attempt_at <= now()
-      AND (lease_until IS NULL OR lease_until < now())
-), room AS (
+WITH room AS (
+    -- Enabled endpoints with something due, and how many more attempts each may have running.
     SELECT e.id, e.url, e.ordered, e.rate_limit,
            $2 - (SELECT count(*) FROM deliveries b
                  WHERE b.endpoint_id = e.id AND b.status = 'pending'
-                   AND b.lease_until >= now()) AS free
-    FROM endpoints e JOIN due ON due.endpoint_id = e.id
+                   AND b.lease_token IS NOT NULL AND b.lease_until >= now()) AS free
+    FROM endpoints e
     WHERE e.enabled
+      AND EXISTS (SELECT 1 FROM deliveries d
+                  WHERE d.endpoint_id = e.id AND d.status = 'pending'
+                    AND d.next_attempt_at <= now())
 ), picked AS (
     SELECT d.id, room.id AS endpoint_id, room.url, room.rate_limit
     FROM room

@@ -155,7 +155,12 @@ CREATE TABLE deliveries (
     completed_at    timestamptz,
     UNIQUE (endpoint_id, event_id)
 );
-CREATE INDEX deliveries_due ON deliveries (endpoint_id, next_attempt_at) WHERE status = 'pending';
+-- Claiming: an endpoint's due deliveries in claim order (first attempts before retries), and
+-- the ones held by a worker right now.
+CREATE INDEX deliveries_due ON deliveries (endpoint_id, (attempts > 0), next_attempt_at)
+    WHERE status = 'pending';
+CREATE INDEX deliveries_leased ON deliveries (endpoint_id)
+    WHERE status = 'pending' AND lease_token IS NOT NULL;
 CREATE INDEX deliveries_ordered ON deliveries (endpoint_id, aggregate, sequence)
     WHERE status = 'pending';
 CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_id, created_at, id);
