@@ -891,3 +891,30 @@ async def test_a_booking_made_in_the_bookings_service_arrives_signed(
     assert payload["clinic_id"] == partner.tenant.clinic_id
     assert payload["data"]["id"] == booking["id"]
     assert got[0].headers["webhook-id"] == payload["id"]
+
+
+async def test_two_workers_on_one_schema_never_send_an_attempt_twice(
+    start: CallbacksFactory,
+    replacement: ServerFactory,
+    partner_for: PartnerFactory,
+    receiver: Receiver,
+    bus: Broker,
+) -> None:
+    first = await start(endpoint_concurrency=64)
+    await replacement(first.settings)
+    partner = await partner_for(first)
+    paths = [f"/pair/{n}" for n in range(4)]
+    for path in paths:
+        await partner.endpoint(receiver.url(path), event_types=["booking.created"])
+    sent = [await publish(bus, booking_event(partner.tenant.clinic_id)) for _ in range(150)]
+    expected = {str(e.id) for e in sent}
+
+    def arrived(path: str) -> list[str]:
+        return [r.headers["webhook-id"] for r in events_at(receiver, path)]
+
+    await eventually(
+        lambda: all(set(arrived(p)) == expected for p in paths), "every event at every endpoint", 60
+    )
+    # Both processes claimed from the same tables all along; a lease lets only one send each.
+    for path in paths:
+        assert len(arrived(path)) == len(expected), path
