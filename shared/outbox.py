@@ -148,6 +148,9 @@ class OutboxRelay:
         self._poll_seconds = poll_seconds
         self._batch = batch
         self._wake = asyncio.Event()
+        # After an outage the waiting rows go as soon as the broker is back, not at the end of
+        # the relay's backoff.
+        broker.on_connected(self._on_broker_connected)
 
     async def publish_pending(self) -> int:
         """Publish one batch; return how many rows were marked sent."""
@@ -233,6 +236,9 @@ class OutboxRelay:
                 await asyncio.sleep(2)
 
     def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _on_broker_connected(self) -> None:
         self._wake.set()
 
 
