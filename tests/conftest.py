@@ -22,6 +22,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 
 from services.auth.app import create_app as create_auth_app
 from services.auth.settings import AuthSettings
@@ -286,6 +287,27 @@ def basic_auth(client_id: str, secret: str) -> dict[str, str]:
 
 
 TokenFactory = Callable[..., Awaitable[dict[str, Any]]]
+
+
+async def bearer_call(
+    http: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    token: str,
+    body: Any = None,
+    *,
+    expect: int | None = None,
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+) -> tuple[int, Any, CIMultiDict[str]]:
+    """One JSON call with a bearer token: status, body (None for 204) and headers; with
+    ``expect``, asserts the status."""
+    sent = {"Authorization": f"Bearer {token}", **(headers or {})}
+    async with http.request(method, url, json=body, headers=sent, params=params) as r:
+        data = await r.json(content_type=None) if r.status != 204 else None
+        if expect is not None:
+            assert r.status == expect, (r.status, data)
+        return r.status, data, CIMultiDict(r.headers)
 
 
 @pytest.fixture

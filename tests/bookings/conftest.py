@@ -13,7 +13,7 @@ from multidict import CIMultiDict
 
 from services.bookings.app import create_app
 from services.bookings.settings import BookingsSettings
-from tests.conftest import Admin, Tenant, TokenFactory
+from tests.conftest import Admin, Tenant, TokenFactory, bearer_call
 
 SCOPES = ["bookings:read", "bookings:write", "clients:read"]
 
@@ -59,14 +59,16 @@ class Partner:
         headers: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
     ) -> tuple[int, Any, CIMultiDict[str]]:
-        all_headers = {"Authorization": f"Bearer {self.token}", **(headers or {})}
-        async with self.http.request(
-            method, self.clinic + path, json=body, headers=all_headers, params=params
-        ) as r:
-            data = await r.json(content_type=None) if r.status != 204 else None
-            if expect is not None:
-                assert r.status == expect, (r.status, data)
-            return r.status, data, CIMultiDict(r.headers)
+        return await bearer_call(
+            self.http,
+            method,
+            self.clinic + path,
+            self.token,
+            body,
+            expect=expect,
+            headers=headers,
+            params=params,
+        )
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from shared import migrations
 from shared.broker import Broker
 from shared.db import create_pool
 from shared.events import Event
-from tests.conftest import RUN_ID, Admin, Tenant, TokenFactory
+from tests.conftest import RUN_ID, Admin, Tenant, TokenFactory, bearer_call
 from tests.polling import eventually
 
 APP_SCOPES = "webhooks:manage events:read"
@@ -291,14 +291,17 @@ class Partner:
         headers: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
-        all_headers = {"Authorization": f"Bearer {self.token}", **(headers or {})}
-        async with self.http.request(
-            method, self.base + path, json=body, headers=all_headers, params=params
-        ) as r:
-            data = await r.json(content_type=None) if r.status != 204 else None
-            if expect is not None:
-                assert r.status == expect, (r.status, data)
-            return r.status, data
+        status, data, _ = await bearer_call(
+            self.http,
+            method,
+            self.base + path,
+            self.token,
+            body,
+            expect=expect,
+            headers=headers,
+            params=params,
+        )
+        return status, data
 
     async def endpoint(self, url: str, **fields: Any) -> dict[str, Any]:
         _, data = await self.call(

@@ -24,7 +24,7 @@ from shared.broker import Broker
 from shared.consumers import parse_message
 from shared.errors import PROBLEM_BASE
 from shared.events import Event
-from tests.conftest import ADMIN_TOKEN, Admin, Tenant, TokenFactory
+from tests.conftest import ADMIN_TOKEN, Admin, Tenant, TokenFactory, bearer_call
 
 SCOPES = ["registrations:write", "clients:read"]
 T = TypeVar("T")
@@ -84,15 +84,17 @@ class Registrar:
         params: dict[str, str] | None = None,
         base: str | None = None,
     ) -> tuple[int, Any, CIMultiDict[str]]:
-        all_headers = {"Authorization": f"Bearer {self.token}", **(headers or {})}
         url = f"{base or self.base}/v1/clinics/{self.clinic_id}{path}"
-        async with self.http.request(
-            method, url, json=body, headers=all_headers, params=params
-        ) as r:
-            data = await r.json(content_type=None) if r.status != 204 else None
-            if expect is not None:
-                assert r.status == expect, (r.status, data)
-            return r.status, data, CIMultiDict(r.headers)
+        return await bearer_call(
+            self.http,
+            method,
+            url,
+            self.token,
+            body,
+            expect=expect,
+            headers=headers,
+            params=params,
+        )
 
     async def register(
         self, body: dict[str, Any], *, key: str | None = None, expect: int | None = 201
