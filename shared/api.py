@@ -114,7 +114,9 @@ class Api:
         problem = {
             "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
         }
-        codes = set(op.errors) | {422} if (op.body or op.query or op.form) else set(op.errors)
+        # Every path parameter is parsed (an id, a date, a type) and refused with a 422 too.
+        validated = op.body or op.query or op.form or _path_params(op.path)
+        codes = set(op.errors) | {422} if validated else set(op.errors)
         if op.security:
             codes |= {401, 429}
         for code in sorted(codes):

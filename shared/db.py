@@ -6,7 +6,9 @@ passes the connection down to its store.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -27,6 +29,8 @@ Pool = asyncpg.Pool
 Record = asyncpg.Record
 #: A row as read (a Record) or as kept beyond its connection (a dict copy).
 Row: TypeAlias = "Mapping[str, Any] | asyncpg.Record"
+
+log = logging.getLogger("vetgate.db")
 
 
 async def fetch_one(conn: Connection, query: str, *args: Any) -> Record:
@@ -80,7 +84,13 @@ async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
         max_size=settings.db_pool_max,
     )
     yield
-    await app[DB_POOL].close()
+    pool = app[DB_POOL]
+    try:
+        # A connection still held by a task that is stuck must not hold the shutdown with it.
+        await asyncio.wait_for(pool.close(), timeout=10)
+    except TimeoutError:
+        log.warning("database pool did not close within 10 s; terminating it")
+        pool.terminate()
 
 
 ConstraintMap = Mapping[

@@ -24,6 +24,7 @@ from shared.db import Connection
 from shared.errors import PayloadTooLarge
 from shared.events import Event, utcnow
 from shared.keys import BROKER, DB_POOL, SETTINGS
+from shared.waiting import wait_until_set
 
 log = logging.getLogger("vetgate.outbox")
 
@@ -212,8 +213,7 @@ class OutboxRelay:
                 ) as exc:
                     log.warning("outbox relay paused: %s", exc.__class__.__name__)
                     backoff = min(backoff * 2, 15.0)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+                await wait_until_set(self._wake, backoff)
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

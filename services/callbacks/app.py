@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -21,6 +21,8 @@ from services.resource_app import resource_app
 from shared.db import Connection
 from shared.housekeeping import EXTRA_PURGES
 from shared.keys import DB_POOL, METRICS
+
+log = logging.getLogger("vetgate.callbacks")
 
 
 def create_app(settings: CallbacksSettings) -> web.Application:
@@ -76,6 +78,6 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        _, stuck = await asyncio.wait(tasks, timeout=10)
+        if stuck:
+            log.warning("%d background loops did not stop within 10 s", len(stuck))

@@ -25,6 +25,7 @@ from services.callbacks.signing import SecretBox, secret_key
 from services.callbacks.ssrf import redact_url
 from shared.db import Record
 from shared.ratelimit import TokenBuckets
+from shared.waiting import wait_until_set
 
 log = logging.getLogger("vetgate.callbacks.dispatch")
 
@@ -147,8 +148,7 @@ class Dispatcher:
                         backoff = min(backoff * 2, 10.0)
                 if got and got == asked:
                     continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+                if await wait_until_set(self._wake, backoff):
                     # Let the completions and arrivals of the next moment share one claim
                     # instead of paying a query each.
                     await asyncio.sleep(self._settings.dispatch_coalesce_seconds)

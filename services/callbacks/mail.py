@@ -7,7 +7,6 @@ from there, so a crash between deciding and sending neither loses nor doubles an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from services.callbacks import store
 from services.callbacks.settings import CallbacksSettings
 from services.callbacks.ssrf import redact_url
 from shared.db import Connection
+from shared.waiting import wait_until_set
 
 log = logging.getLogger("vetgate.callbacks.mail")
 
@@ -103,8 +103,7 @@ class Mailer:
                     pass
             except _DB_ERRORS as exc:
                 log.warning("mail loop paused: %s", type(exc).__name__)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=2.0)
+            await wait_until_set(self._wake, 2.0)
 
     async def send_due(self) -> int:
         """Send one batch of due mail; return how many were taken."""
