@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from shared.events import PARTNER_EVENT_TYPES
 from shared.pagination import Page
-from shared.validation import OffsetDatetime
+from shared.validation import Instant, OffsetDatetime
 
 DeliveryStatus = Literal["pending", "succeeded", "failed"]
 HealthState = Literal["unknown", "healthy", "failing", "alerting", "disabled"]
@@ -152,7 +151,7 @@ class DeliveryListQuery(BaseModel):
 class RecoverRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    since: datetime = Field(description="Failed deliveries of events since then are resent")
+    since: Instant = Field(description="Failed deliveries of events since then are resent")
 
 
 class RecoverResult(BaseModel):

@@ -113,9 +113,7 @@ async def create_endpoint(
         # One create at a time per application, so that the Idempotency-Key lookup and the
         # endpoint count below see every create committed before (concurrent requests with one
         # key would otherwise hit the unique constraint, and the limit could be overrun).
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"callbacks.create:{app_id}"
-        )
+        await store.lock_application_creates(conn, app_id)
         if key is not None:
             earlier = await store.endpoint_by_idempotency_key(conn, app_id, key)
             if earlier is not None:
@@ -228,9 +226,8 @@ async def rotate_secret(
         row = await store.get_endpoint(conn, endpoint_id, principal.application_id, for_update=True)
         if row is None:
             raise NotFound("No such endpoint")
-        await store.retire_secrets(conn, endpoint_id, grace)
+        until = await store.retire_secrets(conn, endpoint_id, grace)
         await store.insert_secret(conn, endpoint_id, ctx.box.seal(secret))
-        until = await conn.fetchval("SELECT now() + make_interval(secs => $1)", grace)
     return SecretRotated(secret=secret, previous_valid_until=until)
 
 

@@ -361,19 +361,34 @@ async def insert_secret(conn: Connection, endpoint_id: uuid.UUID, ciphertext: by
     )
 
 
-async def retire_secrets(conn: Connection, endpoint_id: uuid.UUID, grace_seconds: float) -> None:
-    """Secrets in force keep signing for the grace period; older retired ones go now."""
+async def retire_secrets(
+    conn: Connection, endpoint_id: uuid.UUID, grace_seconds: float
+) -> datetime:
+    """Secrets in force keep signing for the grace period; older retired ones go now.
+    Returns when the ones retired now stop signing."""
     await conn.execute(
         "DELETE FROM endpoint_secrets WHERE endpoint_id = $1 AND expires_at <= now()",
         endpoint_id,
     )
-    await conn.execute(
+    until: datetime = await conn.fetchval(
         """
-        UPDATE endpoint_secrets SET expires_at = now() + make_interval(secs => $2)
-        WHERE endpoint_id = $1 AND expires_at IS NULL
+        WITH retired AS (
+            UPDATE endpoint_secrets SET expires_at = now() + make_interval(secs => $2)
+            WHERE endpoint_id = $1 AND expires_at IS NULL
+        )
+        SELECT now() + make_interval(secs => $2)
         """,
         endpoint_id,
         grace_seconds,
+    )
+    return until
+
+
+async def lock_application_creates(conn: Connection, application_id: uuid.UUID) -> None:
+    """One endpoint create at a time per application, for this transaction."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        f"callbacks.create:{application_id}",
     )
 
 
