@@ -27,6 +27,7 @@ from services.auth.schemas import (
     StaffUserCreate,
 )
 from services.auth.settings import AuthSettings
+from services.gateway import UPSTREAMS_ENV, upstreams_from
 from shared import logs, migrations
 from shared.db import create_pool
 from shared.errors import ProblemError
@@ -199,13 +200,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vetgate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply all database migrations")
-    run = sub.add_parser("run", help="run one service, or all of them behind the gateway")
-    run.add_argument("service", choices=[*registry.SERVICE_NAMES, "all"])
+    run = sub.add_parser(
+        "run",
+        help="run one service, the gateway alone, or all of them behind the gateway",
+        description="Run one service, the gateway alone in front of services that run "
+        "elsewhere\n(several copies each, if wanted), or all four services behind the gateway "
+        "in one process.",
+        epilog="""Several copies behind one gateway, e.g.:
+  vetgate run bookings --port 8102 &   vetgate run bookings --port 8202 &   (and so on)
+  vetgate run gateway --port 8000 \\
+      --upstream auth=http://127.0.0.1:8101,http://127.0.0.1:8201 \\
+      --upstream bookings=http://127.0.0.1:8102,http://127.0.0.1:8202 \\
+      --upstream registrations=http://127.0.0.1:8103,http://127.0.0.1:8203 \\
+      --upstream callbacks=http://127.0.0.1:8104,http://127.0.0.1:8204
+The gateway sends requests round robin across a service's copies. A copy that refuses a
+connection is passed over for a few seconds and the request goes to the next copy; a request
+whose connection broke after it was sent goes to the next copy only if it is idempotent (GET,
+HEAD, OPTIONS, PUT, DELETE) or carries an Idempotency-Key, otherwise it is answered 502.
+Internal paths (/internal/...) are not routed: point each service's VETGATE_AUTH_URL at an
+auth copy, not at the gateway.""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # Usage errors found after parsing (--upstream) are reported with this sub-command's usage.
+    run.set_defaults(usage_error=run.error)
+    run.add_argument("service", choices=[*registry.SERVICE_NAMES, "gateway", "all"])
     run.add_argument(
         "--port",
         type=int,
-        default=8000,
-        help="with 'all': the gateway's port; the services take the next four",
+        default=None,
+        help="the port to listen on. A service: default VETGATE_PORT. 'gateway': default "
+        "VETGATE_PORT, else 8000. 'all': the gateway's port, default 8000; the services take "
+        "the next four",
+    )
+    run.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="SERVICE=URL[,URL...]",
+        help="with 'gateway': the base URLs of one service's copies; give it once per service. "
+        f"Default: {UPSTREAMS_ENV}, the same entries separated by spaces or ';'",
     )
     sub.add_parser("up", help="database, migrations, sandbox seed and every service (make run)")
     demo = sub.add_parser(
@@ -367,12 +400,22 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "run":
         from services import runner
 
+        if args.upstream and args.service != "gateway":
+            args.usage_error("--upstream is for 'vetgate run gateway'")
         if args.service == "all":
             settings = AuthSettings()
             logs.configure("vetgate", settings.log_level)
-            asyncio.run(runner.run_all(gateway_port=args.port))
+            asyncio.run(runner.run_all(gateway_port=8000 if args.port is None else args.port))
+        elif args.service == "gateway":
+            try:
+                upstreams = upstreams_from(args.upstream, os.environ)
+            except ValueError as exc:
+                args.usage_error(str(exc))
+            port = args.port if args.port is not None else int(os.environ.get("VETGATE_PORT", 8000))
+            host = os.environ.get("VETGATE_HOST", "127.0.0.1")
+            runner.serve_gateway(upstreams, host=host, port=port)
         else:
-            runner.serve(args.service)
+            runner.serve(args.service, port=args.port)
         return
     if args.command == "demo":
         _demo(args)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Any
+from urllib.parse import quote_plus
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -30,6 +31,12 @@ TOLERANCE_SECONDS = 300
 
 class DemoFailed(Exception):
     """A step did not get the answer it needed; the message says which and why."""
+
+
+def basic_auth(client_id: str, client_secret: str) -> str:
+    """RFC 6749 §2.3.1 client authentication: both parts form-encoded, then Base64."""
+    raw = f"{quote_plus(client_id)}:{quote_plus(client_secret)}"
+    return "Basic " + base64.b64encode(raw.encode()).decode()
 
 
 def verify_webhook(secret: str, headers: dict[str, str], body: bytes) -> bool:
@@ -100,18 +107,20 @@ class Partner:
         *,
         body: Any = None,
         form: dict[str, str] | None = None,
-        auth: aiohttp.BasicAuth | None = None,
+        auth: str | None = None,
         token: str | None = None,
         headers: dict[str, str] | None = None,
         expect: tuple[int, ...] = (200, 201),
     ) -> Any:
         sent = dict(headers or {})
         bearer = token if token is not None else self.token
-        if bearer and auth is None:
+        if auth is not None:
+            sent["Authorization"] = auth
+        elif bearer:
             sent["Authorization"] = f"Bearer {bearer}"
         self.say(f"   → {method} {path}" + (f"  {json.dumps(body)}" if body is not None else ""))
         async with self.session.request(
-            method, self.base + path, json=body, data=form, auth=auth, headers=sent
+            method, self.base + path, json=body, data=form, headers=sent
         ) as response:
             answer = await response.json(content_type=None) if response.status != 204 else None
         self.say(f"   ← {response.status}")
@@ -144,7 +153,7 @@ async def run(
 async def _play(
     p: Partner, receiver: Receiver, client_id: str, client_secret: str, clinic_id: str
 ) -> dict[str, Any]:
-    basic = aiohttp.BasicAuth(client_id, client_secret)
+    basic = basic_auth(client_id, client_secret)
     c = f"/v1/clinics/{clinic_id}"
 
     p.say("1. Get an access token for the clinic (OAuth 2.0 client credentials)")
@@ -185,7 +194,8 @@ async def _play(
     services = await p.call("GET", f"{c}/services?limit=10")
     vet = vets["items"][0]
     service = next(s for s in services["items"] if vet["id"] in s["practitioner_ids"])
-    mine = f"vet-{secrets.token_hex(3)}"
+    # Your own id for this practitioner: stable, so that running the demo again maps it again.
+    mine = f"demo-vet-{vet['id'][:8]}"
     await p.call("PUT", f"{c}/mappings/practitioner/{mine}", body={"resource_id": vet["id"]})
     p.say(f"   your '{mine}' is {vet['name']} ({vet['id']})")
 

@@ -1,4 +1,5 @@
-"""Running services: one per process (``python -m services.<name>``) or all in one process."""
+"""Running services: one per process (``python -m services.<name>``) or all in one process, and
+the gateway alone in front of services that run elsewhere (several copies each, if wanted)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Mapping, Sequence
 
 from aiohttp import web
 
@@ -15,12 +17,19 @@ from shared import logs
 from shared.settings import ServiceSettings
 
 
-def serve(name: str) -> None:
-    """Run one service in the foreground until SIGINT/SIGTERM."""
+def serve(name: str, *, port: int | None = None) -> None:
+    """Run one service in the foreground until SIGINT/SIGTERM; ``port`` over ``VETGATE_PORT``."""
     spec = registry.get(name)
-    settings = spec.settings()
+    settings = spec.settings(**({"port": port} if port is not None else {}))
     logs.configure(settings.service_name, settings.log_level)
     web.run_app(spec.create_app(settings), host=settings.host, port=settings.port, print=None)
+
+
+def serve_gateway(upstreams: Mapping[str, Sequence[str]], *, host: str, port: int) -> None:
+    """Run the gateway alone in the foreground until SIGINT/SIGTERM, in front of each service's
+    copies (base URLs)."""
+    logs.configure("gateway", os.environ.get("VETGATE_LOG_LEVEL", "INFO"))
+    web.run_app(create_gateway(upstreams), host=host, port=port, print=None)
 
 
 async def start_site(app: web.Application, host: str, port: int) -> web.AppRunner:
