@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEV_PASSPHRASE = "vetgate-local-development-only"
 DEV_ADMIN_TOKEN = "vetgate-local-admin-token"
 DEV_INTERNAL_TOKEN = "vetgate-local-internal-token"
+#: What deployment templates put where a secret must go (deploy/k8s/secrets.example.yaml).
+PLACEHOLDER = "REPLACE_ME"
 
 
 class ServiceSettings(BaseSettings):
@@ -67,3 +69,7 @@ class ServiceSettings(BaseSettings):
             raise RuntimeError("VETGATE_ADMIN_TOKEN must be set in production")
         if self.internal_token.get_secret_value() == DEV_INTERNAL_TOKEN:
             raise RuntimeError("VETGATE_INTERNAL_TOKEN must be set in production")
+        # A deployment template's placeholder left in place is as bad as a development secret.
+        for name, value in self:
+            if isinstance(value, SecretStr) and PLACEHOLDER in value.get_secret_value().upper():
+                raise RuntimeError(f"VETGATE_{name.upper()} still holds a placeholder")
