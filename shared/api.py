@@ -34,6 +34,8 @@ class Operation:
     tags: tuple[str, ...] = ()
     errors: tuple[int, ...] = ()
     extra_responses: dict[int, str] = field(default_factory=dict)
+    #: How errors are rendered: problem details, and for OAuth endpoints also RFC 6749 JSON.
+    error_media_types: tuple[str, ...] = (PROBLEM_CONTENT_TYPE,)
 
 
 class Api:
@@ -111,9 +113,13 @@ class Api:
         if op.response is not None:
             ok["content"] = {"application/json": {"schema": _ref(op.response, schemas)}}
         responses: dict[str, Any] = {str(op.status): ok}
-        problem = {
-            "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
-        }
+        problem: dict[str, Any] = {"content": {}}
+        for media_type in op.error_media_types:
+            name = "Problem"
+            if media_type != PROBLEM_CONTENT_TYPE:
+                name = "OAuthError"
+                schemas[name] = _OAUTH_ERROR_SCHEMA
+            problem["content"][media_type] = {"schema": {"$ref": f"#/components/schemas/{name}"}}
         # Every path parameter is parsed (an id, a date, a type) and refused with a 422 too.
         validated = op.body or op.query or op.form or _path_params(op.path)
         codes = set(op.errors) | {422} if validated else set(op.errors)
@@ -173,6 +179,15 @@ _PROBLEM_SCHEMA: dict[str, Any] = {
         },
     },
     "required": ["type", "title", "status"],
+}
+
+
+_OAUTH_ERROR_SCHEMA: dict[str, Any] = {
+    "description": "RFC 6749 section 5.2 error response, with the problem details members",
+    "allOf": [{"$ref": "#/components/schemas/Problem"}],
+    "type": "object",
+    "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}},
+    "required": ["error"],
 }
 
 

@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, Field
 
 from shared.errors import FieldError, ValidationProblem
+from shared.validation import Instant, storable
 
 ItemT = TypeVar("ItemT")
 
@@ -18,7 +19,7 @@ ItemT = TypeVar("ItemT")
 class PageQuery(BaseModel):
     limit: int = Field(default=50, ge=1, le=200)
     cursor: str | None = None
-    updated_since: datetime | None = None
+    updated_since: Instant | None = None
 
 
 class Page(BaseModel, Generic[ItemT]):
@@ -41,7 +42,7 @@ def decode_cursor(cursor: str | None, arity: int) -> list[str] | None:
         if (
             not isinstance(key, list)
             or len(key) != arity
-            or not all(isinstance(k, str) for k in key)
+            or not all(isinstance(k, str) and "\x00" not in k for k in key)
         ):
             raise ValueError("bad cursor")
         return key
@@ -58,7 +59,7 @@ def time_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
     if key is None:
         return None
     try:
-        return datetime.fromisoformat(key[0]), uuid.UUID(key[1])
+        return storable(datetime.fromisoformat(key[0])), uuid.UUID(key[1])
     except ValueError:
         raise ValidationProblem(
             [FieldError("query.cursor", "Unknown or malformed cursor")]

@@ -181,7 +181,27 @@ def validation_problem(exc: ValidationError, location: str = "") -> ValidationPr
     return ValidationProblem(errors)
 
 
+def _nul_fields(data: Any, where: str) -> list[FieldError]:
+    """Where ``data`` holds U+0000, which no PostgreSQL text value can store."""
+    if isinstance(data, str):
+        return [FieldError(where, "Must not contain the NUL character")] if "\x00" in data else []
+    if isinstance(data, dict):
+        found = []
+        for key, value in data.items():
+            name = f"{where}.{key}" if where else str(key)
+            if "\x00" in str(key):
+                found.append(FieldError(name, "Must not contain the NUL character"))
+            found.extend(_nul_fields(value, name))
+        return found
+    if isinstance(data, list):
+        return [e for i, item in enumerate(data) for e in _nul_fields(item, f"{where}.{i}")]
+    return []
+
+
 def parse_model(model: type[ModelT], data: Any, location: str = "") -> ModelT:
+    nul = _nul_fields(data, location)
+    if nul:
+        raise ValidationProblem(nul)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -68,14 +68,15 @@ def client_credentials(request: web.Request, form: dict[str, str]) -> tuple[str,
                 headers={"WWW-Authenticate": 'Basic realm="vetgate"'},
             ) from None
         client_id, sep, secret = decoded.partition(":")
-        if not sep:
+        client_id, secret = unquote(client_id.replace("+", " ")), unquote(secret.replace("+", " "))
+        if not sep or "\x00" in client_id or "\x00" in secret:
             raise OAuthError(
                 "invalid_client",
                 "Malformed Basic credentials",
                 status=401,
                 headers={"WWW-Authenticate": 'Basic realm="vetgate"'},
             )
-        return unquote(client_id.replace("+", " ")), unquote(secret.replace("+", " "))
+        return client_id, secret
     if in_body and form.get("client_id") and form.get("client_secret"):
         return form["client_id"], form["client_secret"]
     raise OAuthError(
@@ -91,7 +92,11 @@ async def _oauth_form(request: web.Request) -> dict[str, str]:
         raise OAuthError(
             "invalid_request", "Send the parameters as application/x-www-form-urlencoded"
         )
-    return dict(await read_form(request, repeated=_repeated_parameter))
+    form = dict(await read_form(request, repeated=_repeated_parameter))
+    # No identifier, secret or token holds U+0000 (nor can a database text value).
+    if any("\x00" in key or "\x00" in value for key, value in form.items()):
+        raise OAuthError("invalid_request", "Parameters must not contain the NUL character")
+    return form
 
 
 def _repeated_parameter(name: str) -> OAuthError:

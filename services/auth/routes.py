@@ -5,6 +5,7 @@ from __future__ import annotations
 from services.auth import handlers as h
 from services.auth import schemas as s
 from shared.api import Api
+from shared.errors import PROBLEM_CONTENT_TYPE
 from shared.pagination import PageQuery
 from shared.scopes import CLINICS_READ
 
@@ -16,6 +17,8 @@ def build_api() -> Api:
         "operator API.",
     )
     oauth = ("oauth",)
+    # OAuth refusals are RFC 6749 JSON; rate limits and oversized bodies are problem details.
+    oauth_errors = ("application/json", PROBLEM_CONTENT_TYPE)
     api.add(
         "POST",
         "/oauth/token",
@@ -25,6 +28,7 @@ def build_api() -> Api:
         response=s.TokenResponse,
         security="basic",
         tags=oauth,
+        error_media_types=oauth_errors,
         errors=(400, 401, 429),
     )
     api.add(
@@ -36,6 +40,7 @@ def build_api() -> Api:
         response=s.IntrospectionResponse,
         security="basic",
         tags=oauth,
+        error_media_types=oauth_errors,
         errors=(400, 401),
     )
     api.add(
@@ -46,6 +51,7 @@ def build_api() -> Api:
         form=s.TokenForms,
         security="basic",
         tags=oauth,
+        error_media_types=oauth_errors,
         errors=(400, 401),
     )
     api.add(

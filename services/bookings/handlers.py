@@ -34,6 +34,7 @@ from shared.errors import FieldError, ValidationProblem
 from shared.keys import DB_POOL
 from shared.scopes import BOOKINGS_READ, BOOKINGS_WRITE, CLIENTS_READ
 from shared.tokens import PRINCIPAL, requires
+from shared.validation import EARLIEST, LATEST
 from shared.web import idempotency_key, json_model, json_tagged, parse_body, parse_query, path_id
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -54,9 +55,20 @@ def _day(request: web.Request) -> date:
         # fromisoformat also takes 20270328 and 2027-W12-7: one day, one URL.
         if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
             raise ValueError(value)
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError:
         raise ValidationProblem([FieldError("path.date", "Not a date (YYYY-MM-DD)")]) from None
+    # The day's bounds in the clinic zone reach into the days either side.
+    if not EARLIEST.date() <= day <= LATEST.date():
+        raise ValidationProblem([FieldError("path.date", "Must lie between the years 2 and 9998")])
+    return day
+
+
+def _external_id(request: web.Request) -> str:
+    value = request.match_info["external_id"]
+    if not 1 <= len(value) <= 200 or "\x00" in value:
+        raise ValidationProblem([FieldError("path.external_id", "1 to 200 characters, not NUL")])
+    return value
 
 
 def _resource_type(request: web.Request) -> str:
@@ -185,9 +197,7 @@ def resource_handlers(
 @requires(BOOKINGS_WRITE)
 async def put_mapping(request: web.Request) -> web.Response:
     data = await parse_body(request, MappingPut)
-    external_id = request.match_info["external_id"]
-    if not 1 <= len(external_id) <= 200:
-        raise ValidationProblem([FieldError("path.external_id", "1 to 200 characters")])
+    external_id = _external_id(request)
     mapping, created = await catalogue.put_mapping(
         request.app[DB_POOL],
         clinic_id=_clinic(request),
@@ -206,7 +216,7 @@ async def get_mapping(request: web.Request) -> web.Response:
         clinic_id=_clinic(request),
         app_id=_app(request),
         resource_type=_resource_type(request),
-        external_id=request.match_info["external_id"],
+        external_id=_external_id(request),
     )
     return json_model(mapping)
 
@@ -218,7 +228,7 @@ async def delete_mapping(request: web.Request) -> web.Response:
         clinic_id=_clinic(request),
         app_id=_app(request),
         resource_type=_resource_type(request),
-        external_id=request.match_info["external_id"],
+        external_id=_external_id(request),
     )
     return web.Response(status=204)
 

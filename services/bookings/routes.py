@@ -223,6 +223,8 @@ def build_api() -> Api:
         P + "/breaks",
         h.list_breaks,
         "Breaks between from and to",
+        query=s.BreakQuery,
+        response=s.BreakPage,
         scopes=READ,
         tags=sched,
         errors=(403, 404),

@@ -6,7 +6,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -18,7 +17,7 @@ from pydantic import (
 )
 
 from shared.pagination import PageQuery
-from shared.validation import Email, Name, OffsetDatetime
+from shared.validation import AwareInstant, Email, Name, OffsetDatetime, rfc3339
 
 ResourceType = Literal["practitioner", "service", "insurance", "client", "patient", "booking"]
 Role = Literal["vet", "nurse", "other"]
@@ -31,7 +30,7 @@ Text = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)]
 
 
 def _iso(moment: datetime) -> str:
-    return moment.isoformat()
+    return rfc3339(moment)
 
 
 def _after(value: datetime, info: ValidationInfo) -> datetime:
@@ -234,8 +233,8 @@ class WorkingHoursRead(BaseModel):
 
 
 class TimeRange(_Input):
-    start: Annotated[AwareDatetime, PlainSerializer(_iso, return_type=str, when_used="json")]
-    end: Annotated[AwareDatetime, PlainSerializer(_iso, return_type=str, when_used="json")]
+    start: Annotated[AwareInstant, PlainSerializer(_iso, return_type=str, when_used="json")]
+    end: Annotated[AwareInstant, PlainSerializer(_iso, return_type=str, when_used="json")]
 
     @field_validator("end")
     @classmethod
@@ -257,8 +256,8 @@ class SlotsRead(BaseModel):
 
 
 class BreakCreate(_Input):
-    start: AwareDatetime
-    end: AwareDatetime
+    start: AwareInstant
+    end: AwareInstant
     reason: Text | None = None
 
     @field_validator("end")
@@ -276,6 +275,15 @@ class BreakRead(BaseModel):
     created_at: datetime
 
 
+class BreakQuery(BaseModel):
+    """The window of ``GET .../breaks`` (read by the handler as a :class:`TimeRange`)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: AwareInstant = Field(alias="from")
+    to: AwareInstant
+
+
 class BreakPage(BaseModel):
     items: list[BreakRead]
     next_cursor: str | None = None
@@ -288,8 +296,8 @@ class AvailabilityQuery(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
     service_id: uuid.UUID
-    from_: AwareDatetime = Field(alias="from")
-    to: AwareDatetime
+    from_: AwareInstant = Field(alias="from")
+    to: AwareInstant
     practitioner_id: uuid.UUID | None = None
 
 
@@ -333,8 +341,8 @@ class Prospect(_Input):
 class BookingCreate(_Input):
     practitioner_id: uuid.UUID
     service_id: uuid.UUID
-    start: AwareDatetime
-    end: AwareDatetime | None = Field(
+    start: AwareInstant
+    end: AwareInstant | None = Field(
         default=None, description="Only for bookings pushed from a partner's own system"
     )
     client_id: uuid.UUID | None = None
@@ -364,7 +372,7 @@ class BookingCreate(_Input):
 
 
 class BookingReschedule(_Input):
-    start: AwareDatetime
+    start: AwareInstant
     practitioner_id: uuid.UUID | None = None
 
 
@@ -404,8 +412,8 @@ class BookingPage(BaseModel):
 
 
 class BookingQuery(PageQuery):
-    from_: AwareDatetime | None = Field(default=None, alias="from")
-    to: AwareDatetime | None = None
+    from_: AwareInstant | None = Field(default=None, alias="from")
+    to: AwareInstant | None = None
     practitioner_id: uuid.UUID | None = None
     status: BookingStatus | None = None
     external_id: ExternalId | None = None
