@@ -6,7 +6,7 @@ import asyncio
 import random
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,6 +55,9 @@ class AuthContext:
     failures: TokenBuckets
     app_limits: TokenBuckets
     cache: TtlCache
+    # argon2id takes 64 MiB and a core for tens of milliseconds per check: a burst of password
+    # grants queues here instead of taking every thread, and the pod's memory, at once.
+    password_checks: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
 
 
 # --- directory --------------------------------------------------------------------------------
@@ -736,9 +739,10 @@ async def issue_user_token(
         _check_may_get_tokens(app)
         _check_tier_limit(ctx, app)
         user = await store.staff_user_by_username(conn, username)
-    ok = await asyncio.to_thread(
-        crypto.verify_password, password, user["password_hash"] if user else None
-    )
+    async with ctx.password_checks:
+        ok = await asyncio.to_thread(
+            crypto.verify_password, password, user["password_hash"] if user else None
+        )
     if user is None or not ok or not user["active"]:
         limits = ctx.settings
         ctx.failures.take(user_key, rate=limits.auth_failure_rate, burst=limits.auth_failure_burst)
