@@ -8,13 +8,14 @@ import argparse
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from bench import bookings, callbacks, registrations, token_issuance
+from bench import bookings, callbacks, mixed, registrations, token_issuance
 
 BENCHES: dict[str, Callable[[], Awaitable[tuple[str, object]]]] = {
     "tokens": token_issuance.run,
     "bookings": bookings.run,
     "registrations": registrations.run,
     "callbacks": callbacks.run,
+    "mixed": mixed.run,
 }
 
 
