@@ -281,11 +281,13 @@ async def _forward(
             upstream.release()
         copies.answered(base)
         response = web.Response(status=upstream.status, body=payload)
-        for key, value in upstream.headers.items():
-            # The body is passed on as received (no auto_decompress), so its Content-Encoding
-            # must go with it.
+        # Names as the service wrote them (the parsed headers would hand some back in another
+        # case); the body is passed on as received (no auto_decompress), so its
+        # Content-Encoding must go with it.
+        for raw_key, raw_value in upstream.raw_headers:
+            key = raw_key.decode("latin-1")
             if key.lower() not in _HOP_BY_HOP:
-                response.headers.add(key, value)
+                response.headers.add(key, raw_value.decode("latin-1"))
         return response
     raise AssertionError("unreachable: the last copy either answers or raises")
 

@@ -290,6 +290,8 @@ async def test_method_path_query_body_and_headers_are_proxied(
         assert r.status == 200
         seen = await r.json()
         assert r.headers["X-Request-Id"] == "gw-test-123"
+        # Header names come back as the service wrote them (case-sensitive clients exist).
+        assert "X-Request-Id" in {name.decode() for name, _ in r.raw_headers}
     assert seen["service"] == "bookings"
     assert seen["method"] == "PUT"
     assert seen["path"] == f"/v1/clinics/{CLINIC}/bookings/b1"
