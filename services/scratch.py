@@ -47,6 +47,9 @@ async def scratch_database(prefix: str, suffix: str | None = None) -> AsyncItera
             await migrate(dsn, quiet=True)
             yield dsn
         finally:
+            if admin.is_closed():
+                # The server restarted meanwhile (tests/test_faults.py does that on purpose).
+                admin = await asyncpg.connect(server)
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()

@@ -41,7 +41,8 @@ def idempotent_handler(pool: asyncpg.Pool, consumer: str, handle: EventHandler) 
     """Wrap ``handle`` so each event id takes effect once, however often it is delivered.
 
     A handler failure rolls back and requeues; the quorum queue's delivery limit then parks a
-    message that keeps failing in the dead-letter queue.
+    message that keeps failing in the dead-letter queue. A database out of reach is waited out
+    with the message held, so an outage never dead-letters what was in flight.
     """
 
     async def on_message(message: AbstractIncomingMessage) -> None:
@@ -49,29 +50,36 @@ def idempotent_handler(pool: asyncpg.Pool, consumer: str, handle: EventHandler) 
         if event is None:
             await message.reject(requeue=False)
             return
-        try:
-            async with pool.acquire() as conn, conn.transaction():
-                first = await conn.fetchval(
-                    "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) "
-                    "ON CONFLICT DO NOTHING RETURNING true",
-                    consumer,
+        delay = UNAVAILABLE_BACKOFF_SECONDS
+        while True:
+            try:
+                async with pool.acquire() as conn, conn.transaction():
+                    first = await conn.fetchval(
+                        "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) "
+                        "ON CONFLICT DO NOTHING RETURNING true",
+                        consumer,
+                        event.id,
+                    )
+                    if first:
+                        await handle(event, conn)
+                break
+            except _UNAVAILABLE as exc:
+                # The database, not the message, is at fault: keep the message (unacknowledged,
+                # so that an outage never uses up its delivery limit and dead-letters it) and
+                # try again once the database may be back.
+                log.warning(
+                    "database unavailable for %s %s: %s; retrying in %g s",
+                    event.type,
                     event.id,
+                    type(exc).__name__,
+                    delay,
                 )
-                if first:
-                    await handle(event, conn)
-        except _UNAVAILABLE as exc:
-            # The database, not the message, is at fault: hold the message a moment so that an
-            # outage does not use up its delivery limit within milliseconds.
-            log.warning(
-                "database unavailable for %s %s: %s", event.type, event.id, type(exc).__name__
-            )
-            await asyncio.sleep(UNAVAILABLE_BACKOFF_SECONDS)
-            await message.nack(requeue=True)
-            return
-        except Exception:  # the consumer boundary: log, requeue, let the delivery limit decide
-            log.exception("handling %s %s failed", event.type, event.id)
-            await message.nack(requeue=True)
-            return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            except Exception:  # the consumer boundary: log, requeue, let the delivery limit decide
+                log.exception("handling %s %s failed", event.type, event.id)
+                await message.nack(requeue=True)
+                return
         await message.ack()
 
     return on_message

@@ -210,6 +210,8 @@ class OutboxRelay:
                     TimeoutError,
                     asyncpg.PostgresError,
                     asyncpg.InterfaceError,
+                    # A connection left mid-operation by a server restart; the pool replaces it.
+                    asyncpg.InternalClientError,
                 ) as exc:
                     log.warning("outbox relay paused: %s", exc.__class__.__name__)
                     backoff = min(backoff * 2, 15.0)
@@ -232,7 +234,12 @@ class OutboxRelay:
                     finally:
                         with contextlib.suppress(asyncpg.InterfaceError, OSError):
                             await conn.remove_listener(self._channel, self._on_notify)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except (
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+            ):
                 await asyncio.sleep(2)
 
     def _on_notify(self, *_: object) -> None:

@@ -88,6 +88,28 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
             for name in ("Allow",):
                 if name in exc.headers:
                     response.headers[name] = exc.headers[name]
+        except (
+            OSError,
+            # Also what a transaction's exit raises when the server closed its connection.
+            asyncpg.InterfaceError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.exceptions.OperatorInterventionError,
+            asyncpg.TooManyConnectionsError,
+        ) as exc:
+            # The database (or another backing service) is out of reach, not a bug: a quick 503
+            # the client may retry, and one log line instead of a traceback per request.
+            log.warning("unavailable on %s %s: %s", request.method, route_name, type(exc).__name__)
+            response = problem_response(
+                ProblemError(
+                    "The service cannot reach what it depends on; try again shortly",
+                    slug="service-unavailable",
+                    title="Service unavailable",
+                    status=503,
+                    headers={"Retry-After": "2"},
+                    extra={"request_id": request_id},
+                ),
+                request,
+            )
         except Exception:
             log.exception("unhandled error on %s %s", request.method, route_name)
             response = problem_response(
@@ -182,20 +204,26 @@ def validation_problem(exc: ValidationError, location: str = "") -> ValidationPr
 
 
 def _nul_fields(data: Any, where: str) -> list[FieldError]:
-    """Where ``data`` holds U+0000, which no PostgreSQL text value can store."""
-    if isinstance(data, str):
-        return [FieldError(where, "Must not contain the NUL character")] if "\x00" in data else []
-    if isinstance(data, dict):
-        found = []
-        for key, value in data.items():
-            name = f"{where}.{key}" if where else str(key)
-            if "\x00" in str(key):
+    """Where ``data`` holds U+0000, which no PostgreSQL text value can store.
+
+    Walked with a stack of its own, not by recursion: a body may nest as deep as the JSON
+    decoder allows."""
+    found: list[FieldError] = []
+    pending: list[tuple[Any, str]] = [(data, where)]
+    while pending:
+        value, name = pending.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
                 found.append(FieldError(name, "Must not contain the NUL character"))
-            found.extend(_nul_fields(value, name))
-        return found
-    if isinstance(data, list):
-        return [e for i, item in enumerate(data) for e in _nul_fields(item, f"{where}.{i}")]
-    return []
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                child = f"{name}.{key}" if name else str(key)
+                if "\x00" in str(key):
+                    found.append(FieldError(child, "Must not contain the NUL character"))
+                pending.append((item, child))
+        elif isinstance(value, list):
+            pending.extend((item, f"{name}.{i}") for i, item in enumerate(value))
+    return sorted(found, key=lambda e: e["field"])
 
 
 def parse_model(model: type[ModelT], data: Any, location: str = "") -> ModelT:
@@ -230,6 +258,13 @@ async def read_json(request: web.Request) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValidationProblem(
             [FieldError("body", f"Malformed JSON: {exc}")], "The body is not valid JSON"
+        ) from None
+    except (ValueError, RecursionError):
+        # An integer longer than Python converts (4300 digits), or arrays and objects nested
+        # deeper than the decoder goes.
+        raise ValidationProblem(
+            [FieldError("body", "Malformed JSON: a number too long or nesting too deep")],
+            "The body is not valid JSON",
         ) from None
 
 

@@ -41,6 +41,20 @@ RUN_ID = secrets.token_hex(4)
 SERVICE_QUEUES = ("bookings.projections", "registrations.directory", "callbacks.intake")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "fault: restarts the broker or the database the whole run shares; runs last"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Fault tests (tests/test_faults.py) kill processes and restart RabbitMQ and Postgres under
+    the whole session: they go last, in their own order, so no other test meets the aftermath."""
+    faults = [item for item in items if item.get_closest_marker("fault")]
+    if faults:
+        items[:] = [item for item in items if not item.get_closest_marker("fault")] + faults
+
+
 @pytest.fixture(scope="session")
 def amqp_url() -> str:
     return os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
