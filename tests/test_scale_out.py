@@ -433,9 +433,8 @@ async def test_every_copy_is_ready_and_the_gateway_spreads_token_requests(
 async def test_the_demo_plays_a_partner_through_the_gateway(
     http: aiohttp.ClientSession, cluster: Cluster, db: asyncpg.Pool
 ) -> None:
-    # A partner application of its own for the sandbox clinic: the demo maps a random id of its
-    # own to the first practitioner, and a second run by the same application (the sandbox's may
-    # have run it already in this session, in tests/test_topology.py) is refused with a 409.
+    # A partner application of its own for the sandbox clinic, so that the endpoint, mappings
+    # and feed the demo sees are this test's alone.
     admin = Admin(http, cluster.base)
     clinic = cluster.credentials["clinic_id"]
     tag = uuid.uuid4().hex[:8]
