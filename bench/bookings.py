@@ -196,14 +196,21 @@ def _app_id(token: str) -> uuid.UUID:
     return uuid.UUID(claims["app_id"])
 
 
-async def _clinic(
-    session: aiohttp.ClientSession, bookings_url: str, clinic_id: str, token: str, today: date
+async def partner_clinic(
+    session: aiohttp.ClientSession,
+    base_url: str,
+    clinic_id: uuid.UUID,
+    token: str,
+    today: date,
+    *,
+    practitioners_count: int = PRACTITIONERS,
 ) -> Clinic:
-    """Practitioners, the service and working hours, through the API as a partner would."""
-    base = f"{bookings_url}/v1/clinics/{clinic_id}"
+    """Practitioners, the service and working hours, through the API as a partner would
+    (``base_url``: the bookings service or a gateway in front of it)."""
+    base = f"{base_url}/v1/clinics/{clinic_id}"
     headers = {"Authorization": f"Bearer {token}"}
     practitioners = []
-    for i in range(PRACTITIONERS):
+    for i in range(practitioners_count):
         vet = await _call(
             session, "POST", f"{base}/practitioners", headers, {"name": f"Vet {i:02d}"}, 201
         )
@@ -240,7 +247,7 @@ async def _clinic(
         )
     return Clinic(
         base=base,
-        clinic_id=uuid.UUID(clinic_id),
+        clinic_id=clinic_id,
         app_id=_app_id(token),
         service_id=uuid.UUID(service["id"]),
         practitioners=practitioners,
@@ -738,7 +745,9 @@ async def run() -> tuple[str, Figures]:
             try:
                 async with aiohttp.ClientSession(connector=connector) as session:
                     token = await _token(session, auth_url, tenant)
-                    clinic = await _clinic(session, bookings_url, tenant[2], token, today)
+                    clinic = await partner_clinic(
+                        session, bookings_url, uuid.UUID(tenant[2]), token, today
+                    )
                     availability, notes = await _measure_availability(session, pool, dsn, clinic)
                     creation, contention, more = await _measure_writes(session, pool, clinic)
             finally:

@@ -53,7 +53,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from datetime import time as wall_time
 from pathlib import Path
 from urllib.parse import urlencode
@@ -62,10 +62,7 @@ import aiohttp
 import asyncpg
 
 from bench.bookings import (
-    CLOSES,
-    DURATION,
     LONDON,
-    OPENS,
     POSITIONS,
     WORKDAYS,
     Clinic,
@@ -78,6 +75,7 @@ from bench.bookings import (
     _start,
     _token,
     _workdays,
+    partner_clinic,
 )
 from bench.callbacks import (
     Receiver,
@@ -297,58 +295,6 @@ def _log_problems(
 
 
 # --- the clinic, the partner's endpoint, the slots ----------------------------------------------
-
-
-async def _clinic(
-    session: aiohttp.ClientSession, base: str, tenant: BenchTenant, token: str, today: date
-) -> Clinic:
-    """Practitioners, the service and working hours, through the gateway as a partner would."""
-    clinic_base = f"{base}/v1/clinics/{tenant.clinic_id}"
-    headers = {"Authorization": f"Bearer {token}"}
-    practitioners = []
-    for i in range(PRACTITIONERS):
-        vet = await _call(
-            session, "POST", f"{clinic_base}/practitioners", headers, {"name": f"Vet {i:02d}"}, 201
-        )
-        practitioners.append(uuid.UUID(vet["id"]))
-    service = await _call(
-        session,
-        "POST",
-        f"{clinic_base}/services",
-        headers,
-        {
-            "name": "Check-up",
-            "duration_minutes": DURATION // timedelta(minutes=1),
-            "practitioner_ids": [str(p) for p in practitioners],
-        },
-        201,
-    )
-    rules = [
-        {
-            "weekday": weekday,
-            "start": OPENS.isoformat(),
-            "end": CLOSES.isoformat(),
-            "effective_from": today.isoformat(),
-        }
-        for weekday in WORKDAYS
-    ]
-    for p in practitioners:
-        await _call(
-            session,
-            "PUT",
-            f"{clinic_base}/practitioners/{p}/working-hours",
-            headers,
-            {"rules": rules},
-            200,
-        )
-    return Clinic(
-        base=clinic_base,
-        clinic_id=tenant.clinic_id,
-        app_id=_app_id(token),
-        service_id=uuid.UUID(service["id"]),
-        practitioners=practitioners,
-        headers=headers,
-    )
 
 
 async def _endpoint(
@@ -807,7 +753,14 @@ async def _measure(
         async with _platform(dsn, topology.copies, logs_folder) as platform:
             triple = (tenant.client_id, tenant.secret, str(tenant.clinic_id))
             token = await _token(session, platform.base, triple)
-            clinic = await _clinic(session, platform.base, tenant, token, today)
+            clinic = await partner_clinic(
+                session,
+                platform.base,
+                tenant.clinic_id,
+                token,
+                today,
+                practitioners_count=PRACTITIONERS,
+            )
             await _endpoint(session, platform.base, tenant, dsn, receiver.url + path)
             pool = await create_pool(dsn, schema="bookings", min_size=1, max_size=1)
             try:
