@@ -224,6 +224,38 @@ class Admin:
                 assert r.status == expect, (r.status, data)
             return data
 
+    async def application_for(
+        self, clinic_id: str, *, scopes: list[str], tier: int = 1, name: str = "App"
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A new partner's approved sandbox application granted ``scopes`` on an existing
+        clinic: (the application with its secret, the grant)."""
+        tag = uuid.uuid4().hex[:8]
+        partner = await self.call(
+            "POST",
+            "/v1/admin/partners",
+            {"name": f"{name} partner {tag}", "contact_email": f"p{tag}@example.com"},
+            201,
+        )
+        app = await self.call(
+            "POST",
+            f"/v1/admin/partners/{partner['id']}/applications",
+            {
+                "name": f"{name} {tag}",
+                "environment": "sandbox",
+                "contact_email": f"a{tag}@example.com",
+                "tier": tier,
+            },
+            201,
+        )
+        await self.call("POST", f"/v1/admin/applications/{app['id']}/approve", None, 200)
+        grant = await self.call(
+            "POST",
+            "/v1/admin/grants",
+            {"application_id": app["id"], "clinic_id": clinic_id, "scopes": scopes},
+            201,
+        )
+        return dict(app), dict(grant)
+
     async def tenant(
         self,
         *,

@@ -1017,32 +1017,9 @@ async def test_garbage_oversized_bodies_and_a_flood_get_4xx_problems_never_5xx(
         answers["TLS hello on the HTTP port"] = 400
 
         # A flood of one route by one application (tier 0: 2 a second, burst 4, per process).
-        admin = Admin(http, faulty.base)
-        tag = uuid.uuid4().hex[:8]
-        partner = await admin.call(
-            "POST",
-            "/v1/admin/partners",
-            {"name": f"Flood {tag}", "contact_email": f"flood-{tag}@example.com"},
-            201,
-        )
-        app = await admin.call(
-            "POST",
-            f"/v1/admin/partners/{partner['id']}/applications",
-            {
-                "name": f"Flood {tag}",
-                "environment": "sandbox",
-                "contact_email": f"flood-{tag}@example.com",
-                "tier": 0,
-            },
-            201,
-        )
-        await admin.call("POST", f"/v1/admin/applications/{app['id']}/approve", None, 200)
         clinic = faulty.credentials["clinic_id"]
-        await admin.call(
-            "POST",
-            "/v1/admin/grants",
-            {"application_id": app["id"], "clinic_id": clinic, "scopes": ["bookings:read"]},
-            201,
+        app, _ = await Admin(http, faulty.base).application_for(
+            clinic, scopes=["bookings:read"], tier=0, name="Flood"
         )
         flooder = {
             "Authorization": "Bearer "

@@ -435,32 +435,9 @@ async def test_the_demo_plays_a_partner_through_the_gateway(
 ) -> None:
     # A partner application of its own for the sandbox clinic, so that the endpoint, mappings
     # and feed the demo sees are this test's alone.
-    admin = Admin(http, cluster.base)
     clinic = cluster.credentials["clinic_id"]
-    tag = uuid.uuid4().hex[:8]
-    partner = await admin.call(
-        "POST",
-        "/v1/admin/partners",
-        {"name": f"Demo partner {tag}", "contact_email": f"demo-{tag}@example.com"},
-        201,
-    )
-    app = await admin.call(
-        "POST",
-        f"/v1/admin/partners/{partner['id']}/applications",
-        {
-            "name": f"Demo {tag}",
-            "environment": "sandbox",
-            "contact_email": f"demo-{tag}@example.com",
-            "tier": 1,
-        },
-        201,
-    )
-    await admin.call("POST", f"/v1/admin/applications/{app['id']}/approve", None, 200)
-    grant = await admin.call(
-        "POST",
-        "/v1/admin/grants",
-        {"application_id": app["id"], "clinic_id": clinic, "scopes": sorted(CLINIC_SCOPES)},
-        201,
+    app, grant = await Admin(http, cluster.base).application_for(
+        clinic, scopes=sorted(CLINIC_SCOPES), name="Demo"
     )
     # The callbacks copies learn of the grant from the auth service's events; the demo subscribes
     # a webhook for the clinic straight away.
