@@ -152,7 +152,9 @@ class Block:
 # says "finished" when all of its answers are in. wrk itself would run to -d; the caller
 # interrupts it instead. Arguments: the bodies file, the thread count, "keyed" to send each
 # body's key as its Idempotency-Key too.
-WRK_SCRIPT = r"""
+#: What every wrk script here starts with: a monotonic clock for timing requests, and each
+#: thread numbered and kept so that ``done`` can read what every thread recorded.
+WRK_PRELUDE = r"""
 local ffi = require("ffi")
 ffi.cdef[[
 typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
@@ -170,7 +172,11 @@ function setup(thread)
   created = created + 1
   table.insert(threads, thread)
 end
+"""
 
+WRK_SCRIPT = (
+    WRK_PRELUDE
+    + r"""
 local requests, ids, sent = {}, {}, {}
 local issued, generated = 0, 0
 answered, latencies, statuses = 0, {}, {}
@@ -239,6 +245,7 @@ function done(summary, latency, requests)
   end
 end
 """
+)
 
 
 def _write_each_once_files(folder: str, items: Sequence[tuple[str, str]]) -> tuple[Path, Path]:

@@ -94,6 +94,7 @@ from bench.harness import (
     server_process,
     wait_http,
 )
+from bench.load import WRK_PRELUDE
 from services.registry import SERVICE_NAMES
 from shared.db import create_pool
 
@@ -364,25 +365,9 @@ def _slot_lines(clinic: Clinic, slots: Sequence[Slot]) -> str:
 # sent, and simply never answered. Arguments: the sessions file (availability path, booking
 # body), the thread count, the token request's body, its Authorization header, a tag for the
 # request ids and Idempotency-Keys, and the bookings path.
-WRK_SCRIPT = r"""
-local ffi = require("ffi")
-ffi.cdef[[
-typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
-int clock_gettime(int clock, bench_timespec *now);
-]]
-local clock = ffi.new("bench_timespec")
-local function now()
-  ffi.C.clock_gettime(1, clock)
-  return tonumber(clock.tv_sec) + tonumber(clock.tv_nsec) * 1e-9
-end
-
-local threads, created = {}, 0
-function setup(thread)
-  thread:set("index", created)
-  created = created + 1
-  table.insert(threads, thread)
-end
-
+WRK_SCRIPT = (
+    WRK_PRELUDE
+    + r"""
 local KINDS = {"token", "search", "book"}
 local slots, sessions, pending = {}, {}, {}
 local queue, first, last = {}, 1, 0
@@ -498,6 +483,7 @@ function done(summary, latency, requests)
   end
 end
 """
+)
 
 
 @dataclass
