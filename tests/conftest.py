@@ -335,6 +335,26 @@ def basic_auth(client_id: str, secret: str) -> dict[str, str]:
 TokenFactory = Callable[..., Awaitable[dict[str, Any]]]
 
 
+async def client_token(
+    http: aiohttp.ClientSession, base: str, credentials: dict[str, Any], **form: str
+) -> dict[str, Any]:
+    """POST ``base``/oauth/token, client credentials with HTTP Basic; the answer (asserts 200)."""
+    async with http.post(
+        base + "/oauth/token",
+        data={"grant_type": "client_credentials", **form},
+        headers=basic_auth(credentials["client_id"], credentials["client_secret"]),
+    ) as r:
+        body: dict[str, Any] = await r.json()
+        assert r.status == 200, body
+        return body
+
+
+async def access_token(
+    http: aiohttp.ClientSession, base: str, credentials: dict[str, Any], **form: str
+) -> str:
+    return str((await client_token(http, base, credentials, **form))["access_token"])
+
+
 async def bearer_call(
     http: aiohttp.ClientSession,
     method: str,

@@ -54,7 +54,7 @@ from services import demo, sandbox
 from services.gateway import UPSTREAMS_ENV
 from shared.errors import PROBLEM_BASE, PROBLEM_CONTENT_TYPE
 from tests.callbacks.test_broker_restart import loopback, must, not_controlled, start_node_now
-from tests.conftest import Admin, basic_auth
+from tests.conftest import Admin, access_token
 from tests.polling import eventually
 from tests.test_cli import ok, process_env, vetgate_command
 from tests.test_scale_out import (
@@ -220,19 +220,6 @@ class Faulty:
         return [p for copies in self.procs.values() for p in copies]
 
 
-async def gateway_token(
-    http: aiohttp.ClientSession, base: str, credentials: dict[str, Any], **form: str
-) -> str:
-    async with http.post(
-        base + "/oauth/token",
-        data={"grant_type": "client_credentials", **form},
-        headers=basic_auth(credentials["client_id"], credentials["client_secret"]),
-    ) as r:
-        body = await r.json()
-        assert r.status == 200, body
-        return str(body["access_token"])
-
-
 async def publish_slots(
     http: aiohttp.ClientSession, clinic_url: str, bearer: dict[str, str]
 ) -> list[tuple[str, datetime]]:
@@ -332,11 +319,11 @@ async def faulty(
             clinic_url = f"{base}/v1/clinics/{credentials['clinic_id']}"
             bearer = {
                 "Authorization": "Bearer "
-                + await gateway_token(http, base, credentials, clinic_id=credentials["clinic_id"])
+                + await access_token(http, base, credentials, clinic_id=credentials["clinic_id"])
             }
             app_bearer = {
                 "Authorization": "Bearer "
-                + await gateway_token(http, base, credentials, scope="webhooks:manage")
+                + await access_token(http, base, credentials, scope="webhooks:manage")
             }
             async with http.post(
                 base + "/v1/webhooks/endpoints",
@@ -815,7 +802,7 @@ async def test_an_endpoint_that_hangs_does_not_delay_another(
     receiver.release.clear()
     app_bearer = {
         "Authorization": "Bearer "
-        + await gateway_token(http, faulty.base, faulty.credentials, scope="webhooks:manage")
+        + await access_token(http, faulty.base, faulty.credentials, scope="webhooks:manage")
     }
     async with http.post(
         faulty.base + "/v1/webhooks/endpoints",
@@ -1023,7 +1010,7 @@ async def test_garbage_oversized_bodies_and_a_flood_get_4xx_problems_never_5xx(
         )
         flooder = {
             "Authorization": "Bearer "
-            + await gateway_token(http, faulty.base, app, clinic_id=clinic)
+            + await access_token(http, faulty.base, app, clinic_id=clinic)
         }
         route = faulty.clinic_url + "/practitioners?limit=5"
 

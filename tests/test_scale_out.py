@@ -46,7 +46,7 @@ from services.gateway import (
 )
 from shared.errors import PROBLEM_BASE, PROBLEM_CONTENT_TYPE
 from shared.scopes import CLINIC_SCOPES
-from tests.conftest import Admin, basic_auth
+from tests.conftest import Admin, access_token
 from tests.polling import eventually
 from tests.test_cli import ok, process_env, vetgate, vetgate_command
 from tests.test_topology import Child, free_port, spawn, stop, wait_until_ready
@@ -378,15 +378,7 @@ async def token(
     **form: str,
 ) -> str:
     """An access token from the gateway, for the sandbox application unless told otherwise."""
-    c = credentials or cluster.credentials
-    async with http.post(
-        cluster.base + "/oauth/token",
-        data={"grant_type": "client_credentials", **form},
-        headers=basic_auth(c["client_id"], c["client_secret"]),
-    ) as r:
-        body = await r.json()
-        assert r.status == 200, body
-        return str(body["access_token"])
+    return await access_token(http, cluster.base, credentials or cluster.credentials, **form)
 
 
 def request_counts(metrics: str, method: str, route_suffix: str) -> dict[str, float]:

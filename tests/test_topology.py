@@ -23,7 +23,7 @@ import jwt
 import pytest
 
 from services import registry, sandbox
-from tests.conftest import basic_auth
+from tests.conftest import client_token
 from tests.test_cli import ROOT, ok, process_env, vetgate, vetgate_command
 
 STARTUP_SECONDS = 60.0
@@ -167,19 +167,6 @@ async def sandbox_credentials(topology: Topology) -> dict[str, Any]:
     return credentials
 
 
-async def gateway_token(
-    http: aiohttp.ClientSession, topology: Topology, credentials: dict[str, Any], **form: str
-) -> dict[str, Any]:
-    async with http.post(
-        topology.base + "/oauth/token",
-        data={"grant_type": "client_credentials", **form},
-        headers=basic_auth(credentials["client_id"], credentials["client_secret"]),
-    ) as r:
-        body: dict[str, Any] = await r.json()
-        assert r.status == 200, body
-        return body
-
-
 async def test_gateway_and_services_listen_on_consecutive_ports(
     http: aiohttp.ClientSession, topology: Topology
 ) -> None:
@@ -206,7 +193,7 @@ async def test_sandbox_token_through_the_gateway_lists_the_sandbox_clinic(
     assert c["base_url"] == topology.base
     assert c["token_url"] == topology.base + "/oauth/token"
 
-    token = await gateway_token(http, topology, c)
+    token = await client_token(http, topology.base, c)
     claims = jwt.decode(token["access_token"], options={"verify_signature": False})
     assert claims["iss"] == topology.base
     headers = {"Authorization": f"Bearer {token['access_token']}"}
@@ -216,7 +203,7 @@ async def test_sandbox_token_through_the_gateway_lists_the_sandbox_clinic(
     assert [item["id"] for item in page["items"]] == [str(sandbox.CLINIC_ID)]
     assert page["items"][0]["sandbox"] is True
 
-    clinic_token = await gateway_token(http, topology, c, clinic_id=c["clinic_id"])
+    clinic_token = await client_token(http, topology.base, c, clinic_id=c["clinic_id"])
     assert clinic_token["clinic_id"] == c["clinic_id"]
     headers = {"Authorization": f"Bearer {clinic_token['access_token']}"}
     async with http.get(f"{topology.base}/v1/clinics/{c['clinic_id']}", headers=headers) as r:
@@ -266,7 +253,7 @@ async def test_every_service_exposes_request_metrics(
 async def test_request_id_is_echoed_and_logged_by_the_service(
     http: aiohttp.ClientSession, topology: Topology, sandbox_credentials: dict[str, Any]
 ) -> None:
-    token = await gateway_token(http, topology, sandbox_credentials)
+    token = await client_token(http, topology.base, sandbox_credentials)
     request_id = f"topology-{uuid.uuid4().hex}"
     headers = {"Authorization": f"Bearer {token['access_token']}", "X-Request-Id": request_id}
     async with http.get(topology.base + "/v1/clinics", headers=headers) as r:
