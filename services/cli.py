@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import socket
-import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -27,22 +28,16 @@ from services.auth.schemas import (
     StaffUserCreate,
 )
 from services.auth.settings import AuthSettings
+from services.callbacks import service as callbacks_service
+from services.callbacks.settings import CallbacksSettings
 from services.gateway import UPSTREAMS_ENV, upstreams_from
+from services.progress import Progress
 from shared import logs, migrations
 from shared.db import create_pool
 from shared.errors import ProblemError
 from shared.web import validation_problem
 
 DATA_DIR = Path(os.environ.get("VETGATE_DATA_DIR", ".data"))
-
-
-def _progress(step: int, total: int, label: str) -> None:
-    width = 24
-    filled = width * step // total
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {step}/{total} {label:<40}")
-    if step == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
 
 
 async def ensure_database(dsn: str) -> None:
@@ -70,17 +65,29 @@ async def migrate(dsn: str, *, quiet: bool = False) -> dict[str, list[str]]:
     await ensure_database(dsn)
     applied: dict[str, list[str]] = {}
     specs = registry.all_specs()
+    progress = Progress(len(specs), stream=io.StringIO() if quiet else None)
     conn = await asyncpg.connect(dsn)
     try:
         for step, spec in enumerate(specs, 1):
             applied[spec.name] = await migrations.apply(
                 conn, spec.schema, migrations.migrations_for(spec.directory)
             )
-            if not quiet:
-                _progress(step, len(specs), f"migrated {spec.name}")
+            progress.update(step, f"migrated {spec.name}")
     finally:
+        progress.close()
         await conn.close()
     return applied
+
+
+async def seed_sandbox(*, quiet: bool = False) -> dict[str, Any]:
+    progress = Progress(sandbox.SEED_STEPS, stream=io.StringIO() if quiet else None)
+    try:
+        credentials: dict[str, Any] = await _with_auth_pool(
+            lambda pool, settings: sandbox.seed(pool, settings, on_step=progress.update)
+        )
+        return credentials
+    finally:
+        progress.close()
 
 
 async def _with_auth_pool(
@@ -147,7 +154,7 @@ async def up() -> None:
     settings = AuthSettings()
     _check_broker(settings.amqp_url)
     await migrate(settings.database_url)
-    credentials = await _with_auth_pool(sandbox.seed)
+    credentials = await seed_sandbox()
     from services.runner import run_all
 
     ready = asyncio.Event()
@@ -194,6 +201,57 @@ def _id(value: str) -> str:
         return str(uuid.UUID(value))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a valid id: {value!r}") from None
+
+
+def _instant(value: str) -> datetime:
+    """An argparse type: an RFC 3339 time with its offset (``Z`` included)."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an RFC 3339 time: {value!r}") from None
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give the time with its offset: {value!r}")
+    return parsed
+
+
+async def recover_deliveries(
+    endpoint_id: uuid.UUID, since: datetime, *, wait: bool, follow_seconds: float
+) -> dict[str, Any]:
+    """Make an endpoint's failed deliveries since ``since`` due again and, with ``wait``, follow
+    their attempts (made by the running callbacks service) until each has had one."""
+    settings = CallbacksSettings()
+    pool = await create_pool(
+        settings.database_url, schema=settings.db_schema, min_size=1, max_size=1
+    )
+    try:
+        ids = await callbacks_service.operator_recover(pool, endpoint_id, since)
+        result: dict[str, Any] = {"endpoint_id": str(endpoint_id), "recovered": len(ids)}
+        if not wait or not ids:
+            return result
+        progress = Progress(len(ids))
+        deadline = asyncio.get_running_loop().time() + follow_seconds
+        try:
+            while True:
+                state = await callbacks_service.replay_outcomes(pool, ids)
+                progress.update(
+                    state.attempted,
+                    f"attempted: {state.succeeded} succeeded, {state.retrying} to retry, "
+                    f"{state.failed} failed",
+                )
+                if not state.waiting or asyncio.get_running_loop().time() >= deadline:
+                    break
+                await asyncio.sleep(0.5)
+        finally:
+            progress.close()
+        result |= {
+            "succeeded": state.succeeded,
+            "retrying": state.retrying,
+            "failed": state.failed,
+            "waiting": state.waiting,
+        }
+        return result
+    finally:
+        await pool.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -291,6 +349,24 @@ auth copy, not at the gateway.""",
     p.add_argument(
         "--publish-delay", type=float, default=None, help="seconds (default from settings)"
     )
+    p = sub.add_parser(
+        "recover-deliveries",
+        help="send an endpoint's failed deliveries again and follow their attempts",
+        description="Make every failed (dead-lettered) delivery of the endpoint created since "
+        "--since due again now, whichever application owns it. The running callbacks service "
+        "sends them with their original webhook-id; this command shows their progress until "
+        "each has had its attempt (a failed attempt goes back on the retry schedule).",
+    )
+    p.add_argument("--endpoint-id", required=True, type=_id)
+    p.add_argument(
+        "--since", required=True, type=_instant, help="RFC 3339, e.g. 2026-11-30T00:00:00Z"
+    )
+    p.add_argument(
+        "--no-wait", action="store_true", help="requeue them and return without following"
+    )
+    p.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to follow them (default 600)"
+    )
     return parser
 
 
@@ -364,6 +440,20 @@ async def _operator(args: argparse.Namespace) -> Any:
         return await _with_auth_pool(
             lambda p, s: auth_service.create_staff_user(p, uuid.UUID(args.clinic_id), user)
         )
+    if cmd == "recover-deliveries":
+        result = await recover_deliveries(
+            uuid.UUID(args.endpoint_id),
+            args.since,
+            wait=not args.no_wait,
+            follow_seconds=args.timeout,
+        )
+        if result.get("waiting"):
+            _print(result)
+            raise SystemExit(
+                f"vetgate: {result['waiting']} deliveries were still waiting for their attempt "
+                f"after {args.timeout:g} s; is a callbacks service running?"
+            )
+        return result
     if cmd == "rotate-keys":
         return await _with_auth_pool(
             lambda p, s: auth_service.rotate_signing_key(p, s, publish_delay=args.publish_delay)
@@ -433,7 +523,7 @@ def main(argv: list[str] | None = None) -> None:
             _print({"applied": applied})
         elif args.command == "seed-sandbox":
             asyncio.run(migrate(AuthSettings().database_url, quiet=True))
-            credentials = asyncio.run(_with_auth_pool(sandbox.seed))
+            credentials = asyncio.run(seed_sandbox())
             if args.json:
                 _print(credentials)
             else:

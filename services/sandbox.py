@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -51,8 +52,20 @@ def partner_credentials(settings: AuthSettings) -> dict[str, str]:
     }
 
 
-async def seed(pool: asyncpg.Pool, settings: AuthSettings) -> dict[str, Any]:
-    """Create or refresh the sandbox tenant; return what a partner needs to start."""
+SEED_STEPS = 3
+
+
+async def seed(
+    pool: asyncpg.Pool,
+    settings: AuthSettings,
+    *,
+    on_step: Callable[[int, str], None] = lambda step, label: None,
+) -> dict[str, Any]:
+    """Create or refresh the sandbox tenant; return what a partner needs to start.
+
+    ``on_step(done, label)`` is told after each of the ``SEED_STEPS`` steps.
+    """
+    on_step(0, "hashing the sandbox credentials")
     client_secret = _derive(settings, "client-secret")
     staff_password = _derive(settings, "staff-password")[:28]
     password_hash = crypto.hash_password(staff_password)
@@ -71,12 +84,15 @@ async def seed(pool: asyncpg.Pool, settings: AuthSettings) -> dict[str, Any]:
             staff_username=STAFF_USERNAME,
             password_hash=password_hash,
         )
+        on_step(1, "sandbox tenant written")
         # Services that follow the directory by its events (callbacks routes webhooks by the
         # grants) learn of the sandbox as of any other tenant.
         await auth_service.announce_tenant(
             conn, clinic_id=CLINIC_ID, application_id=APPLICATION_ID, grant_id=GRANT_ID
         )
+    on_step(2, "sandbox tenant announced")
     await _seed_bookings(settings.database_url)
+    on_step(3, "sandbox catalogue written")
     return {
         "base_url": settings.issuer.rstrip("/"),
         "token_url": settings.issuer.rstrip("/") + "/oauth/token",

@@ -40,6 +40,7 @@ VERBS = (
     "revoke-grant",
     "create-staff-user",
     "rotate-keys",
+    "recover-deliveries",
 )
 CLI_TIMEOUT = 60.0
 
@@ -184,9 +185,14 @@ async def test_migrate_creates_the_database_and_a_second_run_applies_nothing(
     overrides: dict[str, Any], fresh_database_url: str
 ) -> None:
     env = process_env(overrides, fresh_database_url)
-    first = await ok("migrate", env=env)
+    run = await vetgate("migrate", env=env)
+    assert run.returncode == 0, run.stderr
+    first = run.json()
     expected = all_migration_names()
     assert first == {"applied": expected}
+    # Progress goes to stderr (stdout stays JSON), one plain line per service on a pipe.
+    total = len(expected)
+    assert run.stderr.splitlines()[-1] == f"[{'#' * 24}] {total}/{total} migrated callbacks"
     assert "0001_directory.sql" in first["applied"]["auth"]
 
     second = await ok("migrate", env=env)
@@ -262,7 +268,10 @@ async def sandbox_credentials(env: dict[str, str]) -> dict[str, Any]:
 async def test_seed_sandbox_twice_prints_the_same_credentials_and_adds_no_rows(
     env: dict[str, str], database_url: str
 ) -> None:
-    first = await ok("seed-sandbox", "--json", env=env)
+    run = await vetgate("seed-sandbox", "--json", env=env)
+    assert run.returncode == 0, run.stderr
+    first = run.json()
+    assert run.stderr.splitlines()[-1] == f"[{'#' * 24}] 3/3 sandbox catalogue written"
     counts = await sandbox_row_counts(database_url)
     second = await ok("seed-sandbox", "--json", env=env)
     assert second == first

@@ -385,9 +385,44 @@ async def recover_failed(
         raise ValidationProblem([FieldError("body.since", "Give a time with an offset")])
     async with ctx.pool.acquire() as conn, conn.transaction():
         await _owned(conn, endpoint_id, principal.application_id)
-        count = await store.recover_failed(conn, endpoint_id, since)
+        recovered = await store.recover_failed(conn, endpoint_id, since)
     ctx.dispatcher.wake()
-    return RecoverResult(endpoint_id=endpoint_id, deliveries=count)
+    return RecoverResult(endpoint_id=endpoint_id, deliveries=len(recovered))
+
+
+# --- the operator's replays ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplayOutcomes:
+    total: int
+    waiting: int
+    succeeded: int
+    retrying: int
+    failed: int
+
+    @property
+    def attempted(self) -> int:
+        """Replayed deliveries whose attempt has been made (or that went with their endpoint)."""
+        return self.total - self.waiting
+
+
+async def operator_recover(
+    pool: asyncpg.Pool, endpoint_id: uuid.UUID, since: datetime
+) -> list[uuid.UUID]:
+    """Whichever application owns the endpoint: its failed deliveries since ``since`` are due
+    again now; a running callbacks service picks them up on its next claim."""
+    async with pool.acquire() as conn, conn.transaction():
+        if await store.endpoint_application(conn, endpoint_id) is None:
+            raise NotFound("No such endpoint")
+        return await store.recover_failed(conn, endpoint_id, since)
+
+
+async def replay_outcomes(pool: asyncpg.Pool, delivery_ids: list[uuid.UUID]) -> ReplayOutcomes:
+    async with pool.acquire() as conn:
+        row = await store.replay_outcomes(conn, delivery_ids)
+    # A delivery deleted with its endpoint meanwhile is no longer waiting for anything.
+    return ReplayOutcomes(total=len(delivery_ids), **dict(row))
 
 
 # --- the PULL feed ----------------------------------------------------------------------------

@@ -669,18 +669,45 @@ async def replay_delivery(conn: Connection, delivery_id: uuid.UUID) -> Record | 
     )
 
 
-async def recover_failed(conn: Connection, endpoint_id: uuid.UUID, since: datetime) -> int:
-    result: str = await conn.execute(
+async def recover_failed(
+    conn: Connection, endpoint_id: uuid.UUID, since: datetime
+) -> list[uuid.UUID]:
+    rows = await conn.fetch(
         """
         UPDATE deliveries
         SET status = 'pending', replay = true, next_attempt_at = now(), completed_at = NULL,
             updated_at = now()
         WHERE endpoint_id = $1 AND status = 'failed' AND created_at >= $2
+        RETURNING id
         """,
         endpoint_id,
         since,
     )
-    return int(result.rsplit(" ", 1)[-1])
+    return [row["id"] for row in rows]
+
+
+async def replay_outcomes(conn: Connection, delivery_ids: Sequence[uuid.UUID]) -> Record:
+    """How replayed deliveries stand: still waiting for their attempt, or attempted and then
+    succeeded, due again on the retry schedule, or failed for good."""
+    row = await conn.fetchrow(
+        """
+        SELECT count(*) FILTER (WHERE replay) AS waiting,
+               count(*) FILTER (WHERE NOT replay AND status = 'succeeded') AS succeeded,
+               count(*) FILTER (WHERE NOT replay AND status = 'pending') AS retrying,
+               count(*) FILTER (WHERE NOT replay AND status = 'failed') AS failed
+        FROM deliveries WHERE id = ANY($1::uuid[])
+        """,
+        delivery_ids,
+    )
+    assert row is not None  # an aggregate without GROUP BY always answers one row
+    return row
+
+
+async def endpoint_application(conn: Connection, endpoint_id: uuid.UUID) -> uuid.UUID | None:
+    application_id: uuid.UUID | None = await conn.fetchval(
+        "SELECT application_id FROM endpoints WHERE id = $1", endpoint_id
+    )
+    return application_id
 
 
 async def insert_direct_event(

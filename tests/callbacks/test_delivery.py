@@ -44,6 +44,7 @@ from tests.callbacks.conftest import (
 from tests.callbacks.mailbox import all_mail_sent, contact_of, mail_rows, mails, text_of
 from tests.conftest import Admin, TokenFactory
 from tests.polling import eventually
+from tests.test_cli import ok, process_env, vetgate
 
 E = "/v1/webhooks/endpoints"
 D = "/v1/webhooks/deliveries"
@@ -430,6 +431,129 @@ async def test_recover_resends_the_failed_deliveries_since_a_time(
     assert again["deliveries"] == 0
     status, problem = await partner.call("POST", path, {"since": "2024-01-01T00:00:00"})
     assert status in (400, 422), problem
+
+
+class Hang:
+    """Answers events with ``status``; once ``hang`` is set, holds them until the attempt times
+    out. Pings get 200."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.hang = False
+
+    async def __call__(self, request: web.Request, n: int) -> web.StreamResponse:
+        body = json.loads(await request.read())
+        if body.get("type") != PING and self.hang:
+            await asyncio.sleep(30)
+        return web.Response(status=200 if body.get("type") == PING else self.status)
+
+
+async def failed_deliveries(
+    partner: Partner, receiver: Receiver, bus: Broker, path: str, script: Any, count: int
+) -> tuple[dict[str, Any], list[Event]]:
+    endpoint = await partner.endpoint(receiver.on(path, script))
+    events = [await publish(bus, booking_event(partner.tenant.clinic_id)) for _ in range(count)]
+    for event in events:
+        await delivery_of(partner, endpoint["id"], event, status="failed")
+    return endpoint, events
+
+
+def operator_env(
+    overrides: dict[str, Any], database_url: str, service: Callbacks
+) -> dict[str, str]:
+    return process_env(overrides, database_url, VETGATE_DB_SCHEMA=service.settings.db_schema)
+
+
+def progress_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("[")]
+
+
+async def test_the_operator_recovers_an_endpoint_and_follows_every_attempt(
+    partner: Partner,
+    receiver: Receiver,
+    bus: Broker,
+    callbacks: Callbacks,
+    overrides: dict[str, Any],
+    database_url: str,
+) -> None:
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    script = Script(then=500)
+    endpoint, events = await failed_deliveries(partner, receiver, bus, "/operator", script, 3)
+    env = operator_env(overrides, database_url, callbacks)
+    args = ("recover-deliveries", "--endpoint-id", endpoint["id"], "--since", since.isoformat())
+
+    script.then = 200
+    run = await vetgate(*args, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.json() == {
+        "endpoint_id": endpoint["id"],
+        "recovered": 3,
+        "succeeded": 3,
+        "retrying": 0,
+        "failed": 0,
+        "waiting": 0,
+    }
+    # A pipe gets plain lines, not redraws; the last one is where it ended.
+    lines = progress_lines(run.stderr)
+    assert "\r" not in run.stderr
+    assert lines[-1].startswith(f"[{'#' * 24}] 3/3 attempted: 3 succeeded, 0 to retry")
+    for event in events:
+        delivery = await delivery_of(partner, endpoint["id"], event, status="succeeded")
+        assert delivery["attempt_log"][-1]["trigger"] == "replay"
+        assert {r.headers["webhook-id"] for r in of_event(receiver, "/operator", event)} == {
+            str(event.id)
+        }
+
+    assert await ok(*args, env=env) == {"endpoint_id": endpoint["id"], "recovered": 0}
+
+    unknown = await vetgate(
+        "recover-deliveries",
+        "--endpoint-id",
+        str(uuid.uuid4()),
+        "--since",
+        since.isoformat(),
+        env=env,
+    )
+    assert unknown.returncode == 1
+    assert unknown.json()["status"] == 404
+    assert "Traceback" not in unknown.stderr
+    for bad in ("yesterday", "2026-11-30T00:00:00"):
+        usage = await vetgate(*args[:3], "--since", bad, env=env)
+        assert usage.returncode == 2
+        assert "--since" in usage.stderr
+        assert "Traceback" not in usage.stderr
+
+
+async def test_the_operator_is_told_when_replays_are_still_waiting(
+    partner: Partner,
+    receiver: Receiver,
+    bus: Broker,
+    callbacks: Callbacks,
+    overrides: dict[str, Any],
+    database_url: str,
+) -> None:
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    hang = Hang(500)
+    endpoint, events = await failed_deliveries(partner, receiver, bus, "/operator-hang", hang, 2)
+    env = operator_env(overrides, database_url, callbacks)
+    args = ("recover-deliveries", "--endpoint-id", endpoint["id"], "--since", since.isoformat())
+
+    hang.hang = True
+    run = await vetgate(*args, "--timeout", "1", env=env)
+    assert run.returncode == 1
+    assert "2 deliveries were still waiting" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert run.json()["waiting"] == 2
+    assert progress_lines(run.stderr)[-1].startswith(f"[{'.' * 24}] 0/2 attempted")
+
+    # --no-wait only requeues; the hanging attempts end as timeouts, and fail again.
+    for event in events:
+        delivery = await delivery_of(partner, endpoint["id"], event, status="failed")
+        assert delivery["attempt_log"][-1]["trigger"] == "replay"
+    queued = await vetgate(*args, "--no-wait", env=env)
+    assert queued.returncode == 0, queued.stderr
+    assert queued.json() == {"endpoint_id": endpoint["id"], "recovered": 2}
+    assert progress_lines(queued.stderr) == []
 
 
 # --- isolation -------------------------------------------------------------------------------
