@@ -306,6 +306,13 @@ auth copy, not at the gateway.""",
     demo.add_argument("--client-id", default=None, help="default: the sandbox application")
     demo.add_argument("--client-secret", default=None)
     demo.add_argument("--clinic-id", type=_id, default=None, help="default: the sandbox clinic")
+    demo.add_argument(
+        "--receiver-host",
+        default=None,
+        help="the name the callbacks service reaches this machine by, when it runs elsewhere "
+        "(with docker compose: host.docker.internal); the webhook receiver then listens on "
+        "every interface. Default: 127.0.0.1",
+    )
     seed = sub.add_parser("seed-sandbox", help="create or refresh the sandbox tenant")
     seed.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
@@ -474,6 +481,7 @@ def _demo(args: argparse.Namespace) -> None:
                 client_id=args.client_id or sandbox_partner["client_id"],
                 client_secret=args.client_secret or sandbox_partner["client_secret"],
                 clinic_id=args.clinic_id or sandbox_partner["clinic_id"],
+                receiver_host=args.receiver_host,
             )
         )
     except demo.DemoFailed as exc:

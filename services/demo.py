@@ -56,9 +56,12 @@ def verify_webhook(secret: str, headers: dict[str, str], body: bytes) -> bool:
 class Receiver:
     """The partner's webhook endpoint: a small aiohttp server on this machine."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str | None = None) -> None:
+        """``host``: the name the callbacks service reaches this machine by, when that is not
+        127.0.0.1 (a service in a container); the receiver then listens on every interface."""
         self.received: asyncio.Queue[tuple[dict[str, str], bytes]] = asyncio.Queue()
         self._runner: web.AppRunner | None = None
+        self._host = host
         self.url = ""
 
     async def start(self) -> None:
@@ -66,10 +69,10 @@ class Receiver:
         app.router.add_post("/webhooks", self._receive)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "0.0.0.0" if self._host else "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}/webhooks"
+        self.url = f"http://{self._host or '127.0.0.1'}:{port}/webhooks"
 
     async def _receive(self, request: web.Request) -> web.Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
@@ -135,10 +138,11 @@ async def run(
     client_id: str,
     client_secret: str,
     clinic_id: str,
+    receiver_host: str | None = None,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Play the partner; return what it made (ids), or raise DemoFailed."""
-    receiver = Receiver()
+    receiver = Receiver(receiver_host)
     await receiver.start()
     timeout = aiohttp.ClientTimeout(total=30)
     try:

@@ -144,8 +144,9 @@ async def topology(
         VETGATE_HOST="127.0.0.1",
         VETGATE_LOG_LEVEL="INFO",
         VETGATE_OUTBOX_POLL_SECONDS="0.2",
-        # The demo's webhook receiver listens on this machine.
-        VETGATE_WEBHOOK_ALLOWED_HOSTS='["127.0.0.1"]',
+        # The demo's webhook receiver listens on this machine; "localhost" stands for the name
+        # a callbacks container reaches the host by (host.docker.internal under compose).
+        VETGATE_WEBHOOK_ALLOWED_HOSTS='["127.0.0.1", "localhost"]',
     )
     log_path = tmp_path_factory.mktemp("topology") / "run-all.log"
     child = await spawn([*vetgate_command(), "run", "all", "--port", str(port)], env, log_path)
@@ -329,3 +330,16 @@ async def test_the_demo_plays_a_partner_through_the_gateway(
     assert "signature verified" in transcript
     assert "booking.created #1, booking.rescheduled #2, booking.cancelled #3" in transcript
     assert sandbox_credentials["client_secret"] not in transcript
+
+
+async def test_the_demo_receives_its_webhook_by_the_name_given_for_this_machine(
+    topology: Topology, sandbox_credentials: dict[str, Any]
+) -> None:
+    """As against the compose stack: the receiver listens on every interface, and the endpoint
+    it subscribes names this machine as the callbacks service reaches it."""
+    run = await vetgate(
+        "demo", "--base-url", topology.base, "--receiver-host", "localhost", env=topology.env
+    )
+    assert run.returncode == 0, (run.stdout, run.stderr)
+    assert re.search(r'"url": "http://localhost:\d+/webhooks"', run.stdout), run.stdout
+    assert "signature verified" in run.stdout
