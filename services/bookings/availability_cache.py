@@ -6,7 +6,9 @@ service's duration, the clinic's grid and time zone, which practitioners, and ea
 schedule version (moved by a trigger on every change to their bookings, breaks, working hours
 and published slots) — so an entry can never be served after a change: the next search simply
 asks for another key. A booking therefore costs one practitioner's days, not the clinic's.
-Days that the present or the lead time cuts into are never kept.
+Practitioner-days are kept whole, past hours included: the slot grid is anchored at local
+midnight, so a day cut by the present, the lead time or the window is its whole day's starts
+from the cut on. Merged days are kept only when an answer took them whole.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from bisect import bisect_left
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
@@ -346,6 +348,54 @@ async def calendars(
     ]
 
 
+def _whole_days(
+    cals: list[availability.PractitionerCalendar],
+    wanted: dict[uuid.UUID, list[date]],
+    rules: ClinicRules,
+    duration: timedelta,
+) -> Iterator[tuple[uuid.UUID, dict[date, list[Entry]]]]:
+    """Each practitioner's rendered slots on each wanted whole local day, past hours included.
+
+    Practitioners wanting the same run of days are computed together; the days between a
+    practitioner's first and last wanted one are computed too, and dropped.
+    """
+    tz = rules.time_zone
+    groups: dict[tuple[date, date], list[availability.PractitionerCalendar]] = defaultdict(list)
+    for cal in cals:
+        wanted_days = wanted[cal.practitioner_id]
+        groups[(min(wanted_days), max(wanted_days))].append(cal)
+    for (first, last), group in groups.items():
+        span = availability.Interval(
+            availability.local_day_bounds(first, tz).start,
+            availability.local_day_bounds(last, tz).end,
+        )
+        slots = availability.bookable_starts(
+            calendars=group,
+            tz=tz,
+            window=span,
+            duration=duration,
+            grid=timedelta(minutes=rules.slot_minutes),
+            not_before=span.start,
+        )
+        by_day = entries_by_practitioner_day(slots)
+        for cal in group:
+            yield (
+                cal.practitioner_id,
+                {d: by_day.get((cal.practitioner_id, d), []) for d in wanted[cal.practitioner_id]},
+            )
+
+
+def _cut(entries: list[Entry], lower: float, upper: float) -> list[Entry]:
+    """The entries starting in [lower, upper) (POSIX seconds); entries are in start order."""
+    return entries[
+        bisect_left(entries, lower, key=_start_of) : bisect_left(entries, upper, key=_start_of)
+    ]
+
+
+def _start_of(entry: Entry) -> float:
+    return entry[0][0]
+
+
 def bookable(
     cals: list[availability.PractitionerCalendar],
     rules: ClinicRules,
@@ -390,8 +440,7 @@ async def search(
     rules = await directory.get(clinic_id)
     tz = rules.time_zone
     window = availability.Interval(query.from_, query.to)
-    now = datetime.now(UTC)
-    earliest = max(window.start, now + timedelta(minutes=rules.min_lead_minutes))
+    earliest = datetime.now(UTC) + timedelta(minutes=rules.min_lead_minutes)
     async with pool.acquire() as conn:
         service = await store.service_for_booking(conn, clinic_id, query.service_id)
         if service is None or not service["active"]:
@@ -408,29 +457,30 @@ async def search(
             "time_zone": tz.key,
         }
 
-        # Each local day the window touches: kept whole, from kept practitioner-days, or to be
-        # computed (a day cut by the window's ends, the present or the lead time).
+        # Practitioner-days are always computed and kept whole: the grid is anchored at local
+        # midnight, so a day cut by the window's ends, the present or the lead time is its whole
+        # day's starts from the cut on. Only whole days are also kept merged.
         days: list[date] = []
         rendered: dict[date, str] = {}
+        cuts: dict[date, tuple[float, float]] = {}
         kept: dict[tuple[uuid.UUID, date], list[Entry]] = {}
-        compute: list[tuple[uuid.UUID, date]] = []
-        parts: dict[date, availability.Interval] = {}
+        compute: dict[uuid.UUID, list[date]] = defaultdict(list)
         for day in availability.local_days(window, tz):
             bounds = availability.local_day_bounds(day, tz)
-            part = availability.Interval(
-                max(bounds.start, window.start), min(bounds.end, window.end)
-            )
-            if part.end <= earliest:
+            lower = max(bounds.start, window.start, earliest)
+            upper = min(bounds.end, window.end)
+            if upper <= lower:
                 continue
             days.append(day)
-            parts[day] = part
-            if part != bounds or bounds.start < earliest:
-                compute += [(p, day) for p, _ in offering]
-                continue
-            whole = cache.days.get(AvailabilityCache.day_key(day=day, versions=offering, **same))
-            if whole is not None:
-                rendered[day] = whole
-                continue
+            if lower != bounds.start or upper != bounds.end:
+                cuts[day] = (lower.timestamp(), upper.timestamp())
+            else:
+                whole = cache.days.get(
+                    AvailabilityCache.day_key(day=day, versions=offering, **same)
+                )
+                if whole is not None:
+                    rendered[day] = whole
+                    continue
             for practitioner in offering:
                 found = cache.practitioner_days.get(
                     AvailabilityCache.practitioner_day_key(
@@ -438,27 +488,25 @@ async def search(
                     )
                 )
                 if found is None:
-                    compute.append((practitioner[0], day))
+                    compute[practitioner[0]].append(day)
                 else:
                     kept[(practitioner[0], day)] = found
         if compute:
-            first, last = min(d for _, d in compute), max(d for _, d in compute)
-            span = availability.Interval(parts[first].start, parts[last].end)
-            ids = sorted({p for p, _ in compute})
-            cals = await calendars(conn, ids, rules, span)
+            cals = await calendars(
+                conn,
+                sorted(compute),
+                rules,
+                availability.Interval(
+                    availability.local_day_bounds(min(map(min, compute.values())), tz).start,
+                    availability.local_day_bounds(max(map(max, compute.values())), tz).end,
+                ),
+            )
     if compute:
-        computed = entries_by_practitioner_day(
-            bookable(cals, rules, span, timedelta(minutes=service["duration_minutes"]), now)
-        )
+        duration = timedelta(minutes=service["duration_minutes"])
         versions = dict(offering)
-        for practitioner_id, day in compute:
-            entries = computed.get((practitioner_id, day), [])
-            kept[(practitioner_id, day)] = entries
-            if (
-                day not in rendered
-                and parts[day] == availability.local_day_bounds(day, tz)
-                and (parts[day].start >= earliest)
-            ):
+        for practitioner_id, entries_of_day in _whole_days(cals, compute, rules, duration):
+            for day, entries in entries_of_day.items():
+                kept[(practitioner_id, day)] = entries
                 cache.put_practitioner_day(
                     AvailabilityCache.practitioner_day_key(
                         practitioner=(practitioner_id, versions[practitioner_id]), day=day, **same
@@ -468,10 +516,11 @@ async def search(
     for day in days:
         if day in rendered:
             continue
-        rendered[day] = merge(kept[(p, day)] for p, _ in offering)
-        bounds = availability.local_day_bounds(day, tz)
-        if parts[day] == bounds and bounds.start >= earliest:
-            text = rendered[day]
+        lists = [kept[(p, day)] for p, _ in offering]
+        if day in cuts:
+            rendered[day] = merge(_cut(entries, *cuts[day]) for entries in lists)
+        else:
+            rendered[day] = text = merge(lists)
             cache.days.put(
                 AvailabilityCache.day_key(day=day, versions=offering, **same), text, len(text)
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 from aiohttp.test_utils import TestServer
@@ -55,6 +56,37 @@ async def test_whole_days_are_kept_and_served_again(
     assert times == ["09:00", "09:15", "09:30"]
     assert len(cache.days) >= days + 2
     assert len(cache.practitioner_days) >= practitioner_days + 2
+
+
+def _starts_in(slots: list[dict[str, Any]], lower: datetime, upper: datetime) -> list[str]:
+    return [s["start"] for s in slots if lower <= datetime.fromisoformat(s["start"]) < upper]
+
+
+async def test_a_window_cut_inside_days_is_the_whole_days_answer_cut(partner: Partner) -> None:
+    """Practitioner-days are kept whole; a cut window takes their starts from the cut on, the
+    same whether the whole days were asked first or the cut window computed them."""
+    monday = upcoming(MONDAY)
+    lower, upper = at(monday, "09:20"), at(monday + timedelta(days=1), "09:31")
+    hours = (rule(MONDAY, "09:00", "11:00"), rule(TUESDAY, "09:00", "11:00"))
+    expected = [
+        *(at(monday, t) for t in ("09:30", "09:45", "10:00", "10:15", "10:30")),
+        *(at(monday + timedelta(days=1), t) for t in ("09:00", "09:15", "09:30")),
+    ]
+
+    for whole_first in (True, False):
+        vet, service = await vet_and_service(partner)
+        await put_hours(partner, vet, *hours)
+        start, end = whole_days(monday, 2)
+        if whole_first:
+            whole = await available(partner, service, start, end)
+            cut = await available(partner, service, lower, upper)
+        else:
+            cut = await available(partner, service, lower, upper)
+            whole = await available(partner, service, start, end)
+        assert len(whole) == 14
+        assert [datetime.fromisoformat(s["start"]) for s in cut] == expected, whole_first
+        assert [s["start"] for s in cut] == _starts_in(whole, lower, upper)
+        assert {s["practitioner_id"] for s in cut} == {vet}
 
 
 async def test_a_booking_shows_at_once_and_its_cancellation_too(partner: Partner) -> None:
