@@ -7,6 +7,7 @@ passes the connection down to its store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -39,6 +40,27 @@ async def fetch_one(conn: Connection, query: str, *args: Any) -> Record:
     if row is None:
         raise LookupError("statement returned no row")
     return row
+
+
+@contextlib.asynccontextmanager
+async def transaction_opened_with(conn: Connection, statement: str) -> AsyncIterator[None]:
+    """A transaction whose BEGIN and first statement travel in one round trip.
+
+    For a lock that must be held before the transaction's first read: a lock taken inside the
+    statement that reads would come after that statement's snapshot. ``statement`` goes over
+    the simple query protocol, so it takes no parameters: build it from values whose text is
+    known to be safe (a number, a ``uuid.UUID``), never from input.
+    """
+    await conn.execute(f"BEGIN; {statement}")
+    try:
+        yield
+    except BaseException:
+        # As asyncpg's own transactions do; if the connection is past rolling back, the pool
+        # rolls back or discards it on release.
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,13 +38,18 @@ def notify_channel(schema: str) -> str:
     return NOTIFY_PREFIX + schema
 
 
-# One round trip for any number of events: allocate each aggregate's next sequences (rolled back
-# with the transaction), write the envelopes with them in the order given, and notify the
-# schema's relays (delivered at commit).
-_EMIT = (
+def emit_ctes(first: int) -> str:
+    """The common-table expressions that write prepared events (``Outgoing.args``, bound from
+    parameter ``$first`` on), ending in ``emitted (event_id, sequence, notified)``; for a
+    statement that writes a row and its events in one round trip.
+
+    They allocate each aggregate's next sequences (rolled back with the transaction), write the
+    envelopes with them in the order given, and notify the schema's relays (delivered at commit).
     """
-    WITH input AS (
-        SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[])
+    a, e, t, b = (f"${first + k}" for k in range(4))
+    return f"""
+    input AS (
+        SELECT * FROM unnest({a}::text[], {e}::uuid[], {t}::text[], {b}::text[])
             WITH ORDINALITY AS i(aggregate, event_id, event_type, body, n)
     ), counts AS (
         SELECT aggregate, count(*) AS k FROM input GROUP BY aggregate
@@ -58,16 +63,16 @@ _EMIT = (
                seq.last_sequence - count(*) OVER w + row_number() OVER (w ORDER BY i.n) AS sequence
         FROM input i JOIN seq USING (aggregate)
         WINDOW w AS (PARTITION BY i.aggregate)
-    )
-    INSERT INTO outbox (event_id, event_type, payload)
-    SELECT event_id, event_type, jsonb_set(body::jsonb, '{sequence}', to_jsonb(sequence))
-    FROM numbered ORDER BY n
-    RETURNING event_id, (payload ->> 'sequence')::bigint AS sequence,
-              pg_notify('"""
-    + NOTIFY_PREFIX
-    + """' || current_schema(), '') AS notified
-"""
-)
+    ), emitted AS (
+        INSERT INTO outbox (event_id, event_type, payload)
+        SELECT event_id, event_type, jsonb_set(body::jsonb, '{{sequence}}', to_jsonb(sequence))
+        FROM numbered ORDER BY n
+        RETURNING event_id, (payload ->> 'sequence')::bigint AS sequence,
+                  pg_notify('{NOTIFY_PREFIX}' || current_schema(), '') AS notified
+    )"""
+
+
+_EMIT = f"WITH {emit_ctes(1)} SELECT event_id, sequence FROM emitted"
 
 
 @dataclass(frozen=True)
@@ -93,12 +98,21 @@ async def emit(
     return event
 
 
-async def emit_many(conn: Connection, drafts: Sequence[Draft]) -> list[Event]:
-    """Write events to the outbox in the caller's transaction, in one round trip; events of one
-    aggregate get consecutive sequences in the order given.
+@dataclass(frozen=True)
+class Outgoing:
+    """Events checked and serialised, ready to be written by ``emit_ctes``."""
 
-    An event too large to deliver as a webhook is refused here, before anything is written.
-    """
+    events: list[Event]
+    args: tuple[list[str], list[uuid.UUID], list[str], list[str]]
+
+    def sequenced(self, sequences: Mapping[uuid.UUID, int]) -> list[Event]:
+        """The events with the sequences the write gave them (by event id)."""
+        return [e.model_copy(update={"sequence": sequences[e.id]}) for e in self.events]
+
+
+def prepare(drafts: Sequence[Draft]) -> Outgoing:
+    """Build and serialise the events; one too large to deliver as a webhook is refused here,
+    before anything is written."""
     events: list[Event] = []
     bodies: list[str] = []
     for d in drafts:
@@ -120,17 +134,21 @@ async def emit_many(conn: Connection, drafts: Sequence[Draft]) -> list[Event]:
             )
         events.append(event)
         bodies.append(body)
-    if not events:
+    args = ([d.aggregate for d in drafts], [e.id for e in events], [e.type for e in events], bodies)
+    return Outgoing(events, args)
+
+
+async def emit_many(conn: Connection, drafts: Sequence[Draft]) -> list[Event]:
+    """Write events to the outbox in the caller's transaction, in one round trip; events of one
+    aggregate get consecutive sequences in the order given.
+
+    An event too large to deliver as a webhook is refused here, before anything is written.
+    """
+    outgoing = prepare(drafts)
+    if not outgoing.events:
         return []
-    rows = await conn.fetch(
-        _EMIT,
-        [d.aggregate for d in drafts],
-        [e.id for e in events],
-        [e.type for e in events],
-        bodies,
-    )
-    sequences = {r["event_id"]: r["sequence"] for r in rows}
-    return [e.model_copy(update={"sequence": sequences[e.id]}) for e in events]
+    rows = await conn.fetch(_EMIT, *outgoing.args)
+    return outgoing.sequenced({r["event_id"]: r["sequence"] for r in rows})
 
 
 class OutboxRelay:

@@ -7,8 +7,9 @@ import json
 import uuid
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
@@ -32,7 +33,7 @@ from services.bookings.schemas import (
     WorkingHoursRule,
 )
 from shared import events
-from shared.db import Connection
+from shared.db import Connection, Row
 from shared.errors import Conflict, FieldError, NotFound, ProblemError, ValidationProblem
 from shared.outbox import emit
 
@@ -298,28 +299,26 @@ def service_not_offered(field: str) -> ProblemError:
     )
 
 
-async def calendars(
-    conn: Connection,
-    practitioner_ids: list[uuid.UUID],
-    rules: ClinicRules,
-    window: availability.Interval,
-    *,
-    except_booking: uuid.UUID | None = None,
-) -> list[availability.PractitionerCalendar]:
-    """Everything the availability search needs to know of these practitioners in the window."""
+def calendar_bounds(rules: ClinicRules, window: availability.Interval) -> dict[str, Any]:
+    """What to read of calendars for ``window``: a day more on each side, for the local days
+    and the busy periods the window's edges touch."""
     tz = rules.time_zone
+    return {
+        "first": window.start.astimezone(tz).date() - timedelta(days=1),
+        "last": window.end.astimezone(tz).date() + timedelta(days=1),
+        "start": window.start - timedelta(days=1),
+        "end": window.end + timedelta(days=1),
+    }
+
+
+def calendars_from_rows(
+    rows: Iterable[Row], practitioner_ids: list[uuid.UUID]
+) -> list[availability.PractitionerCalendar]:
+    """The practitioners' calendars from their calendar rows (``store.calendar_rows``)."""
     hours: dict[uuid.UUID, list[availability.WorkingHours]] = defaultdict(list)
     published: dict[uuid.UUID, dict[date, list[availability.Interval]]] = defaultdict(dict)
     busy: dict[uuid.UUID, list[availability.Interval]] = defaultdict(list)
-    for r in await store.calendar_rows(
-        conn,
-        practitioner_ids,
-        first=window.start.astimezone(tz).date() - timedelta(days=1),
-        last=window.end.astimezone(tz).date() + timedelta(days=1),
-        start=window.start - timedelta(days=1),
-        end=window.end + timedelta(days=1),
-        except_booking=except_booking,
-    ):
+    for r in rows:
         kind, practitioner = r["kind"], r["practitioner_id"]
         if kind == "hours":
             hours[practitioner].append(
@@ -346,6 +345,21 @@ async def calendars(
         )
         for p in practitioner_ids
     ]
+
+
+async def calendars(
+    conn: Connection,
+    practitioner_ids: list[uuid.UUID],
+    rules: ClinicRules,
+    window: availability.Interval,
+    *,
+    except_booking: uuid.UUID | None = None,
+) -> list[availability.PractitionerCalendar]:
+    """Everything the availability search needs to know of these practitioners in the window."""
+    rows = await store.calendar_rows(
+        conn, practitioner_ids, **calendar_bounds(rules, window), except_booking=except_booking
+    )
+    return calendars_from_rows(rows, practitioner_ids)
 
 
 def _whole_days(

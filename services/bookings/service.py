@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +15,14 @@ import asyncpg
 from services.bookings import availability, store
 from services.bookings.catalogue import page_cursor
 from services.bookings.directory import ClinicDirectory, ClinicRules
-from services.bookings.schedules import bookable, calendars, service_not_offered, unknown_service
+from services.bookings.schedules import (
+    bookable,
+    calendar_bounds,
+    calendars,
+    calendars_from_rows,
+    service_not_offered,
+    unknown_service,
+)
 from services.bookings.schemas import (
     BookingCancel,
     BookingCreate,
@@ -30,9 +38,9 @@ from services.bookings.schemas import (
 )
 from shared import events
 from shared.conditional import check_if_match, idempotency_key_reused, request_hash
-from shared.db import Connection, Row
+from shared.db import Connection, Row, transaction_opened_with
 from shared.errors import Conflict, FieldError, NotFound, ProblemError, ValidationProblem
-from shared.outbox import emit
+from shared.outbox import Draft, emit, prepare
 from shared.pagination import decode_cursor, encode_cursor, time_cursor
 
 LIVE = ("booked", "confirmed", "arrived")
@@ -106,24 +114,87 @@ async def _check_bookable(
     except_booking: uuid.UUID | None = None,
 ) -> None:
     """The start must be one the availability search would offer right now."""
-    window = availability.Interval(start, start + timedelta(minutes=1))
+    window = _bookable_window(start)
     cals = await calendars(conn, [practitioner_id], rules, window, except_booking=except_booking)
-    offered = bookable(cals, rules, window, duration, datetime.now(UTC))
-    if not any(slot.start == start for slot in offered):
+    if not _offered(cals, rules, start, duration):
         raise slot_unavailable()
 
 
-async def _check_client(
-    conn: Connection, rules: ClinicRules, client_id: uuid.UUID, patient_id: uuid.UUID | None
+def _bookable_window(start: datetime) -> availability.Interval:
+    return availability.Interval(start, start + timedelta(minutes=1))
+
+
+def _offered(
+    cals: list[availability.PractitionerCalendar],
+    rules: ClinicRules,
+    start: datetime,
+    duration: timedelta,
+) -> bool:
+    offered = bookable(cals, rules, _bookable_window(start), duration, datetime.now(UTC))
+    return any(slot.start == start for slot in offered)
+
+
+def _check_client(
+    rules: ClinicRules,
+    client_id: uuid.UUID,
+    patient_id: uuid.UUID | None,
+    *,
+    client: Row | None,
+    patient_owner: uuid.UUID | None,
 ) -> None:
     """A known client must belong to the clinic's group (unknown ones may not have arrived yet)."""
-    client = await store.client_group(conn, client_id)
     if client is not None and (client["group_id"] != rules.group_id or client["erased"]):
         raise ValidationProblem([FieldError("body.client_id", "No such client in this group")])
-    if patient_id is not None:
-        owner = await store.patient_owner(conn, patient_id)
-        if owner is not None and owner != client_id:
-            raise ValidationProblem([FieldError("body.patient_id", "Not a pet of this client")])
+    if patient_id is not None and patient_owner is not None and patient_owner != client_id:
+        raise ValidationProblem([FieldError("body.patient_id", "Not a pet of this client")])
+
+
+@dataclass(frozen=True)
+class _BookingContext:
+    now: datetime
+    duration_minutes: int
+    calendars: list[availability.PractitionerCalendar]
+
+
+async def _booking_context(
+    conn: Connection, rules: ClinicRules, data: BookingCreate
+) -> _BookingContext:
+    """Read and check, in one round trip, what a new booking depends on."""
+    window = _bookable_window(data.start)
+    rows = await store.booking_context(
+        conn,
+        clinic_id=rules.clinic_id,
+        service_id=data.service_id,
+        practitioner_id=data.practitioner_id,
+        client_id=data.client_id,
+        patient_id=data.patient_id,
+        **calendar_bounds(rules, window),
+    )
+    found = rows[0]
+    if not found["service_active"]:
+        raise unknown_service("body.service_id")
+    if not found["practitioner_active"]:
+        raise ValidationProblem([FieldError("body.practitioner_id", "No such active practitioner")])
+    if not found["offers"]:
+        raise service_not_offered("body.practitioner_id")
+    if data.client_id is not None:
+        known = found["client_group"] is not None
+        _check_client(
+            rules,
+            data.client_id,
+            data.patient_id,
+            client={"group_id": found["client_group"], "erased": found["client_erased"]}
+            if known
+            else None,
+            patient_owner=found["patient_owner"],
+        )
+    return _BookingContext(
+        now=found["now"],
+        duration_minutes=found["duration_minutes"],
+        calendars=calendars_from_rows(
+            [r for r in rows if r["kind"] is not None], [data.practitioner_id]
+        ),
+    )
 
 
 async def _replay(
@@ -165,50 +236,47 @@ async def create_booking(
         try:
             if data.start <= datetime.now(UTC):
                 raise slot_in_past()
-            async with conn.transaction():
-                # One round trip for the three lookups, and the practitioner's lock with them.
-                found = await store.booking_prerequisites(
-                    conn, clinic_id, data.service_id, data.practitioner_id
-                )
-                if not found["service_active"]:
-                    raise unknown_service("body.service_id")
-                if not found["practitioner_active"]:
-                    raise ValidationProblem(
-                        [FieldError("body.practitioner_id", "No such active practitioner")]
-                    )
-                if not found["offers"]:
-                    raise service_not_offered("body.practitioner_id")
-                if data.client_id is not None:
-                    await _check_client(conn, rules, data.client_id, data.patient_id)
-                duration = timedelta(minutes=found["duration_minutes"])
+            # Four round trips: the practitioner's lock with BEGIN, everything the booking is
+            # checked against, the booking with its key and its event, COMMIT.
+            async with transaction_opened_with(conn, store.practitioner_lock(data.practitioner_id)):
+                found = await _booking_context(conn, rules, data)
+                duration = timedelta(minutes=found.duration_minutes)
                 end = data.end or data.start + duration
-                if not data.pushed:
-                    await _check_bookable(conn, rules, data.practitioner_id, data.start, duration)
-                row = await store.insert_booking(
+                if not data.pushed and not _offered(found.calendars, rules, data.start, duration):
+                    raise slot_unavailable()
+                booking = BookingRead(
+                    **data.model_dump(exclude={"external_id", "prospect", "end", "start"}),
+                    id=booking_id,
+                    clinic_id=clinic_id,
+                    start=data.start.astimezone(rules.time_zone),
+                    end=end.astimezone(rules.time_zone),
+                    status="booked",
+                    prospect=data.prospect.model_dump(mode="json") if data.prospect else None,
+                    cancel_reason=None,
+                    version=1,
+                    external_id=data.external_id,
+                    # The columns' default: the transaction's time, as read with the context.
+                    created_at=found.now,
+                    updated_at=found.now,
+                )
+                await store.insert_booking(
                     conn,
                     booking_id,
-                    {
-                        **data.model_dump(exclude={"external_id", "prospect", "end", "start"}),
-                        "start": data.start,
-                        "end": end,
-                        "clinic_id": clinic_id,
-                        "application_id": app_id,
-                        "prospect": data.prospect.model_dump(mode="json")
-                        if data.prospect
-                        else None,
-                    },
+                    {**booking.model_dump(), "application_id": app_id},
                     request=(idempotency_key, digest) if idempotency_key is not None else None,
+                    outgoing=prepare(
+                        [
+                            Draft(
+                                events.BOOKING_CREATED,
+                                _event_data(booking),
+                                f"booking:{booking_id}",
+                                clinic_id,
+                            )
+                        ]
+                    ),
                 )
                 if data.external_id is not None:
                     await _map_booking(conn, app_id, clinic_id, data.external_id, booking_id)
-                booking = to_read({**row, "external_id": data.external_id}, rules.time_zone)
-                await emit(
-                    conn,
-                    events.BOOKING_CREATED,
-                    _event_data(booking),
-                    aggregate=f"booking:{booking_id}",
-                    clinic_id=clinic_id,
-                )
         except asyncpg.ExclusionViolationError:
             refusal = slot_taken()
         except asyncpg.UniqueViolationError as exc:

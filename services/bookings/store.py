@@ -10,6 +10,7 @@ from typing import Any
 from asyncpg import Range
 
 from shared.db import Connection, Record, fetch_one
+from shared.outbox import Outgoing, emit_ctes
 
 # --- clinics ----------------------------------------------------------------------------------
 
@@ -432,6 +433,36 @@ async def replace_working_hours(
     )
 
 
+# By ``kind``: 'hours' (weekly rules), 'day' (published days in [$2, $3] with their slots; no
+# slot is a closed day) and 'busy' (breaks and live bookings touching [$4, $5), but booking $6)
+# of the practitioners $1.
+_CALENDAR = """
+    SELECT 'hours' AS kind, practitioner_id, weekday, start_time, end_time, effective_from,
+           effective_to, NULL::date AS day, NULL::timestamptz AS lo, NULL::timestamptz AS hi
+    FROM working_hours WHERE practitioner_id = ANY($1::uuid[])
+    UNION ALL
+    SELECT 'day', d.practitioner_id, NULL, NULL, NULL, NULL, NULL, d.day,
+           lower(s.period), upper(s.period)
+    FROM published_days d
+    LEFT JOIN published_slots s ON s.practitioner_id = d.practitioner_id AND s.day = d.day
+    WHERE d.practitioner_id = ANY($1::uuid[]) AND d.day BETWEEN $2 AND $3
+    UNION ALL
+    SELECT 'busy', practitioner_id, NULL, NULL, NULL, NULL, NULL, NULL,
+           lower(period), upper(period)
+    FROM breaks
+    WHERE practitioner_id = ANY($1::uuid[]) AND period && tstzrange($4, $5)
+    UNION ALL
+    SELECT 'busy', b.practitioner_id, NULL, NULL, NULL, NULL, NULL, NULL,
+           lower(b.period), upper(b.period)
+    -- Joined one practitioner at a time: with "= ANY" the exclusion constraint's index is
+    -- searched by period alone, through every practitioner's bookings of those days.
+    FROM unnest($1::uuid[]) AS p(id)
+    JOIN bookings b ON b.practitioner_id = p.id
+    WHERE b.period && tstzrange($4, $5) AND b.status IN ('booked', 'confirmed', 'arrived')
+      AND ($6::uuid IS NULL OR b.id <> $6)
+"""
+
+
 async def calendar_rows(
     conn: Connection,
     practitioner_ids: list[uuid.UUID],
@@ -442,40 +473,60 @@ async def calendar_rows(
     end: datetime,
     except_booking: uuid.UUID | None = None,
 ) -> list[Record]:
-    """In one round trip, by ``kind``: 'hours' (weekly rules), 'day' (published days in
-    [first, last] with their slots; no slot is a closed day) and 'busy' (breaks and live
-    bookings touching [start, end))."""
+    """In one round trip, the practitioners' calendar rows (see ``_CALENDAR``)."""
+    return await conn.fetch(_CALENDAR, practitioner_ids, first, last, start, end, except_booking)
+
+
+async def booking_context(
+    conn: Connection,
+    *,
+    clinic_id: uuid.UUID,
+    service_id: uuid.UUID,
+    practitioner_id: uuid.UUID,
+    client_id: uuid.UUID | None,
+    patient_id: uuid.UUID | None,
+    first: date,
+    last: date,
+    start: datetime,
+    end: datetime,
+) -> list[Record]:
+    """Everything a new booking is checked against, in one round trip: on every row the
+    transaction's time (what the booking's ``created_at`` will be), the service and
+    practitioner and whether one offers the other, the client's group and the patient's owner;
+    with them the practitioner's calendar rows around the start (``kind`` NULL when none)."""
     return await conn.fetch(
-        """
-        SELECT 'hours' AS kind, practitioner_id, weekday, start_time, end_time, effective_from,
-               effective_to, NULL::date AS day, NULL::timestamptz AS lo, NULL::timestamptz AS hi
-        FROM working_hours WHERE practitioner_id = ANY($1::uuid[])
-        UNION ALL
-        SELECT 'day', d.practitioner_id, NULL, NULL, NULL, NULL, NULL, d.day,
-               lower(s.period), upper(s.period)
-        FROM published_days d
-        LEFT JOIN published_slots s ON s.practitioner_id = d.practitioner_id AND s.day = d.day
-        WHERE d.practitioner_id = ANY($1::uuid[]) AND d.day BETWEEN $2 AND $3
-        UNION ALL
-        SELECT 'busy', practitioner_id, NULL, NULL, NULL, NULL, NULL, NULL,
-               lower(period), upper(period)
-        FROM breaks
-        WHERE practitioner_id = ANY($1::uuid[]) AND period && tstzrange($4, $5)
-        UNION ALL
-        SELECT 'busy', practitioner_id, NULL, NULL, NULL, NULL, NULL, NULL,
-               lower(period), upper(period)
-        FROM bookings
-        WHERE practitioner_id = ANY($1::uuid[]) AND period && tstzrange($4, $5)
-          AND status IN ('booked', 'confirmed', 'arrived')
-          AND ($6::uuid IS NULL OR id <> $6)
+        f"""
+        WITH pre AS (
+            SELECT now() AS now, s.duration_minutes, s.active AS service_active,
+                   p.active AS practitioner_active,
+                   EXISTS (SELECT 1 FROM service_practitioners sp
+                           WHERE sp.service_id = s.id AND sp.practitioner_id = p.id) AS offers,
+                   c.group_id AS client_group, c.erased AS client_erased,
+                   (SELECT pt.client_id FROM patients pt WHERE pt.id = $9) AS patient_owner
+            FROM (SELECT 1) AS one
+            LEFT JOIN services s ON s.clinic_id = $7 AND s.id = $8
+            LEFT JOIN practitioners p ON p.clinic_id = $7 AND p.id = ($1::uuid[])[1]
+            LEFT JOIN clients c ON c.id = $10
+        ), calendar AS ({_CALENDAR})
+        SELECT * FROM pre LEFT JOIN calendar ON true
         """,
-        practitioner_ids,
+        [practitioner_id],
         first,
         last,
         start,
         end,
-        except_booking,
+        None,
+        clinic_id,
+        service_id,
+        patient_id,
+        client_id,
     )
+
+
+def practitioner_lock(practitioner_id: uuid.UUID) -> str:
+    """The statement that takes the practitioner's lock (``lock_practitioner``) with no
+    parameters, for ``transaction_opened_with``; a ``UUID``'s text is safe to inline."""
+    return f"SELECT pg_advisory_xact_lock(hashtextextended('{uuid.UUID(str(practitioner_id))}', 0))"
 
 
 async def working_hours(conn: Connection, practitioner_ids: list[uuid.UUID]) -> list[Record]:
@@ -636,10 +687,13 @@ async def insert_booking(
     values: dict[str, Any],
     *,
     request: tuple[str, bytes] | None = None,
+    outgoing: Outgoing | None = None,
 ) -> Record:
     """Insert and return the row as reads see it (without the caller's external id); with
-    ``request`` (Idempotency-Key, body hash) the key is recorded in the same statement."""
+    ``request`` (Idempotency-Key, body hash) the key is recorded, and with ``outgoing`` the
+    events are emitted, in the same statement."""
     key, digest = request if request is not None else (None, None)
+    events = f", {emit_ctes(16)}" if outgoing is not None else ""
     return await fetch_one(
         conn,
         f"""
@@ -653,7 +707,7 @@ async def insert_booking(
             INSERT INTO booking_requests
                 (application_id, clinic_id, idempotency_key, request_hash, booking_id)
             SELECT $13, $2, $14, $15, $1 WHERE $14::text IS NOT NULL
-        )
+        ){events}
         SELECT * FROM b
         """,
         booking_id,
@@ -671,6 +725,7 @@ async def insert_booking(
         values["application_id"],
         key,
         digest,
+        *(outgoing.args if outgoing is not None else ()),
     )
 
 
