@@ -238,7 +238,8 @@ async def create_booking(
                 raise slot_in_past()
             # Four round trips: the practitioner's lock with BEGIN, everything the booking is
             # checked against, the booking with its key and its event, COMMIT.
-            async with transaction_opened_with(conn, store.practitioner_lock(data.practitioner_id)):
+            start = store.booking_transaction_start(data.practitioner_id)
+            async with transaction_opened_with(conn, start):
                 found = await _booking_context(conn, rules, data)
                 duration = timedelta(minutes=found.duration_minutes)
                 end = data.end or data.start + duration

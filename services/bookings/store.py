@@ -523,10 +523,16 @@ async def booking_context(
     )
 
 
-def practitioner_lock(practitioner_id: uuid.UUID) -> str:
-    """The statement that takes the practitioner's lock (``lock_practitioner``) with no
-    parameters, for ``transaction_opened_with``; a ``UUID``'s text is safe to inline."""
-    return f"SELECT pg_advisory_xact_lock(hashtextextended('{uuid.UUID(str(practitioner_id))}', 0))"
+def booking_transaction_start(practitioner_id: uuid.UUID) -> str:
+    """What a new booking's transaction starts with (``transaction_opened_with``): the
+    practitioner's lock (``lock_practitioner``; a ``UUID``'s text is safe to inline), and
+    generic plans for its statements. Postgres otherwise plans ``booking_context`` afresh on
+    every execution, its generic plan being estimated dearer; that planning measured about
+    0.4 ms of a 1.4 ms booking, for the same plan."""
+    return (
+        "SET LOCAL plan_cache_mode = force_generic_plan; "
+        f"SELECT pg_advisory_xact_lock(hashtextextended('{uuid.UUID(str(practitioner_id))}', 0))"
+    )
 
 
 async def working_hours(conn: Connection, practitioner_ids: list[uuid.UUID]) -> list[Record]:
