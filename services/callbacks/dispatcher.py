@@ -23,7 +23,7 @@ from services.callbacks.sender import Outcome, Sender
 from services.callbacks.settings import CallbacksSettings
 from services.callbacks.signing import SecretBox, secret_key
 from services.callbacks.ssrf import redact_url
-from shared.db import Record
+from shared.db import Record, transaction_opened_with
 from shared.ratelimit import TokenBuckets
 from shared.waiting import wait_until_set
 
@@ -247,7 +247,12 @@ class Dispatcher:
     async def write(self, batch: list[store.AttemptRecord]) -> None:
         """Record a batch of attempts and what they mean for their endpoints."""
         mailed = False
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with (
+            self._pool.acquire() as conn,
+            # Postgres otherwise plans the batch statements afresh on most executions (their
+            # generic plans are estimated dearer, for arrays of unknown length).
+            transaction_opened_with(conn, "SET LOCAL plan_cache_mode = force_generic_plan"),
+        ):
             recorded = set(await store.record_attempts(conn, batch))
             mine = [r for r in batch if r.delivery_id in recorded]
             succeeded = {r.endpoint_id for r in mine if r.outcome == "succeeded"}
