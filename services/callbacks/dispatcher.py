@@ -23,7 +23,7 @@ from services.callbacks.sender import Outcome, Sender
 from services.callbacks.settings import CallbacksSettings
 from services.callbacks.signing import SecretBox, secret_key
 from services.callbacks.ssrf import redact_url
-from shared.db import Record, transaction_opened_with
+from shared.db import Connection, Record
 from shared.ratelimit import TokenBuckets
 from shared.waiting import wait_until_set
 
@@ -246,39 +246,46 @@ class Dispatcher:
 
     async def write(self, batch: list[store.AttemptRecord]) -> None:
         """Record a batch of attempts and what they mean for their endpoints."""
-        mailed = False
-        async with (
-            self._pool.acquire() as conn,
-            # Postgres otherwise plans the batch statements afresh on most executions (their
-            # generic plans are estimated dearer, for arrays of unknown length).
-            transaction_opened_with(conn, "SET LOCAL plan_cache_mode = force_generic_plan"),
-        ):
-            recorded = set(await store.record_attempts(conn, batch))
-            mine = [r for r in batch if r.delivery_id in recorded]
-            succeeded = {r.endpoint_id for r in mine if r.outcome == "succeeded"}
-            failed = {r.endpoint_id for r in mine if r.outcome != "succeeded"} - succeeded
-            await store.note_endpoint_results(conn, succeeded=list(succeeded), failed=list(failed))
-            gone = {r.endpoint_id for r in mine if r.status_code == 410}
-            if gone:
-                for row in await store.disable_endpoints(conn, list(gone), reason=GONE_REASON):
-                    mailed |= await queue_mail(
-                        conn,
-                        row["contact_email"],
-                        endpoint_disabled(row["url"], GONE_REASON),
-                        endpoint_id=row["id"],
-                    )
-            silent = failed - gone
-            if silent:
-                limit = self._settings.auto_disable_after_seconds
-                reason = SILENT_REASON.format(days=limit / 86400)
-                for row in await store.disable_endpoints(
-                    conn, list(silent), reason=reason, failing_longer_than=limit
-                ):
-                    mailed |= await queue_mail(
-                        conn,
-                        row["contact_email"],
-                        endpoint_disabled(row["url"], reason),
-                        endpoint_id=row["id"],
-                    )
+        async with self._pool.acquire() as conn:
+            if all(r.outcome == "succeeded" for r in batch):
+                # The common case: one statement, no transaction to open and commit.
+                await store.record_attempts(conn, batch)
+                return
+            async with conn.transaction():
+                mailed = await self._record_with_failures(conn, batch)
         if mailed:
             self._on_mail()
+
+    async def _record_with_failures(
+        self, conn: Connection, batch: list[store.AttemptRecord]
+    ) -> bool:
+        """Record a batch with failures in it and disable the endpoints they condemn: at once
+        on a 410, else once failing for longer than allowed. True if a mail was queued."""
+        mailed = False
+        recorded = set(await store.record_attempts(conn, batch))
+        mine = [r for r in batch if r.delivery_id in recorded]
+        succeeded = {r.endpoint_id for r in mine if r.outcome == "succeeded"}
+        failed = {r.endpoint_id for r in mine if r.outcome != "succeeded"} - succeeded
+        gone = {r.endpoint_id for r in mine if r.status_code == 410}
+        if gone:
+            for row in await store.disable_endpoints(conn, list(gone), reason=GONE_REASON):
+                mailed |= await queue_mail(
+                    conn,
+                    row["contact_email"],
+                    endpoint_disabled(row["url"], GONE_REASON),
+                    endpoint_id=row["id"],
+                )
+        silent = failed - gone
+        if silent:
+            limit = self._settings.auto_disable_after_seconds
+            reason = SILENT_REASON.format(days=limit / 86400)
+            for row in await store.disable_endpoints(
+                conn, list(silent), reason=reason, failing_longer_than=limit
+            ):
+                mailed |= await queue_mail(
+                    conn,
+                    row["contact_email"],
+                    endpoint_disabled(row["url"], reason),
+                    endpoint_id=row["id"],
+                )
+        return mailed

@@ -305,7 +305,7 @@ async def send_test(ctx: Context, principal: Principal, endpoint_id: uuid.UUID) 
         delay=0.0,
     )
     async with ctx.pool.acquire() as conn, conn.transaction():
-        await store.record_attempts(conn, [record])
+        await store.record_attempts(conn, [record], note_endpoints=False)
         attempts = await store.attempts_of(conn, delivery_id)
     return TestResult(
         delivery_id=delivery_id,

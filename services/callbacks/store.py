@@ -485,36 +485,54 @@ class AttemptRecord:
     delay_seconds: float
 
 
-async def record_attempts(conn: Connection, records: Sequence[AttemptRecord]) -> list[uuid.UUID]:
-    """Write a batch of attempts and move their deliveries on; a lease lost to another worker
-    (the attempt overran it) records nothing. Returns the deliveries recorded."""
+_RECORD = """
+    WITH r AS (
+        SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::int[],
+                             $5::int[], $6::text[], $7::text[], $8::text[], $9::text[],
+                             $10::float8[])
+            AS r(id, token, attempted_at, duration_ms, status_code, excerpt, error, trigger,
+                 outcome, delay)
+    ), moved AS (
+        UPDATE deliveries d
+        SET attempts = d.attempts + 1, status = r.outcome,
+            next_attempt_at = r.attempted_at + make_interval(secs => r.delay),
+            lease_until = NULL, lease_token = NULL, replay = false,
+            last_status = r.status_code, last_error = r.error, updated_at = now(),
+            completed_at = CASE WHEN r.outcome = 'pending' THEN NULL ELSE now() END
+        FROM r
+        WHERE d.id = r.id AND d.lease_token = r.token
+        RETURNING d.id, d.endpoint_id, r.outcome = 'succeeded' AS succeeded
+    ), written AS (
+        INSERT INTO attempts (delivery_id, attempted_at, duration_ms, status_code,
+                              response_excerpt, error, trigger)
+        SELECT r.id, r.attempted_at, r.duration_ms, r.status_code, r.excerpt, r.error,
+               r.trigger
+        FROM r JOIN moved ON moved.id = r.id
+    ){noted}
+    SELECT id FROM moved
+"""
+
+# A success resets an endpoint's failure clock; a failure starts it if it is not running (an
+# endpoint with both in one batch counts as answering).
+_NOTED = """, answering AS (
+        UPDATE endpoints SET last_success_at = now(), failing_since = NULL
+        WHERE id IN (SELECT endpoint_id FROM moved WHERE succeeded)
+    ), failing AS (
+        UPDATE endpoints SET failing_since = now()
+        WHERE id IN (SELECT endpoint_id FROM moved WHERE NOT succeeded)
+          AND id NOT IN (SELECT endpoint_id FROM moved WHERE succeeded)
+          AND failing_since IS NULL
+    )"""
+
+
+async def record_attempts(
+    conn: Connection, records: Sequence[AttemptRecord], *, note_endpoints: bool = True
+) -> list[uuid.UUID]:
+    """Write a batch of attempts and move their deliveries on, in one statement; a lease lost
+    to another worker (the attempt overran it) records nothing. With ``note_endpoints`` the
+    results also move the endpoints' failure clocks. Returns the deliveries recorded."""
     rows = await conn.fetch(
-        """
-        WITH r AS (
-            SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::int[],
-                                 $5::int[], $6::text[], $7::text[], $8::text[], $9::text[],
-                                 $10::float8[])
-                AS r(id, token, attempted_at, duration_ms, status_code, excerpt, error, trigger,
-                     outcome, delay)
-        ), moved AS (
-            UPDATE deliveries d
-            SET attempts = d.attempts + 1, status = r.outcome,
-                next_attempt_at = r.attempted_at + make_interval(secs => r.delay),
-                lease_until = NULL, lease_token = NULL, replay = false,
-                last_status = r.status_code, last_error = r.error, updated_at = now(),
-                completed_at = CASE WHEN r.outcome = 'pending' THEN NULL ELSE now() END
-            FROM r
-            WHERE d.id = r.id AND d.lease_token = r.token
-            RETURNING d.id
-        ), written AS (
-            INSERT INTO attempts (delivery_id, attempted_at, duration_ms, status_code,
-                                  response_excerpt, error, trigger)
-            SELECT r.id, r.attempted_at, r.duration_ms, r.status_code, r.excerpt, r.error,
-                   r.trigger
-            FROM r JOIN moved ON moved.id = r.id
-        )
-        SELECT id FROM moved
-        """,
+        _RECORD.format(noted=_NOTED if note_endpoints else ""),
         [r.delivery_id for r in records],
         [r.token for r in records],
         [r.attempted_at for r in records],
@@ -544,31 +562,6 @@ async def defer_deliveries(
         token,
         seconds,
     )
-
-
-async def note_endpoint_results(
-    conn: Connection,
-    *,
-    succeeded: Sequence[uuid.UUID],
-    failed: Sequence[uuid.UUID],
-) -> None:
-    """A success resets an endpoint's failure clock; a failure starts it if it is not running."""
-    if succeeded:
-        await conn.execute(
-            """
-            UPDATE endpoints SET last_success_at = now(), failing_since = NULL
-            WHERE id = ANY ($1::uuid[])
-            """,
-            list(succeeded),
-        )
-    if failed:
-        await conn.execute(
-            """
-            UPDATE endpoints SET failing_since = now()
-            WHERE id = ANY ($1::uuid[]) AND failing_since IS NULL
-            """,
-            list(failed),
-        )
 
 
 async def disable_endpoints(
