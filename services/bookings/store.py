@@ -452,14 +452,18 @@ _CALENDAR = """
     FROM breaks
     WHERE practitioner_id = ANY($1::uuid[]) AND period && tstzrange($4, $5)
     UNION ALL
-    SELECT 'busy', b.practitioner_id, NULL, NULL, NULL, NULL, NULL, NULL,
-           lower(b.period), upper(b.period)
-    -- Joined one practitioner at a time: with "= ANY" the exclusion constraint's index is
-    -- searched by period alone, through every practitioner's bookings of those days.
+    SELECT 'busy', p.id, NULL, NULL, NULL, NULL, NULL, NULL, lower(b.period), upper(b.period)
+    -- One practitioner at a time: with "= ANY" (which GiST cannot search by), or a join the
+    -- planner may flatten, the exclusion constraint's index is searched by period alone,
+    -- through every practitioner's bookings of those days. OFFSET 0 keeps the lookup a
+    -- subquery run per practitioner, so the index is searched by practitioner and period.
     FROM unnest($1::uuid[]) AS p(id)
-    JOIN bookings b ON b.practitioner_id = p.id
-    WHERE b.period && tstzrange($4, $5) AND b.status IN ('booked', 'confirmed', 'arrived')
-      AND ($6::uuid IS NULL OR b.id <> $6)
+    CROSS JOIN LATERAL (
+        SELECT period FROM bookings
+        WHERE practitioner_id = p.id AND period && tstzrange($4, $5)
+          AND status IN ('booked', 'confirmed', 'arrived') AND ($6::uuid IS NULL OR id <> $6)
+        OFFSET 0
+    ) b
 """
 
 
