@@ -232,22 +232,23 @@ async def recover_deliveries(
         deadline = asyncio.get_running_loop().time() + follow_seconds
         try:
             while True:
-                state = await callbacks_service.replay_outcomes(pool, ids)
+                state = await callbacks_service.replay_outcomes(pool, endpoint_id, ids)
                 progress.update(
                     state.attempted,
-                    f"attempted: {state.succeeded} succeeded, {state.retrying} to retry, "
-                    f"{state.failed} failed",
+                    f"attempted: {state.succeeded} succeeded, {state.failed} failed",
                 )
-                if not state.waiting or asyncio.get_running_loop().time() >= deadline:
+                if not state.waiting or not state.enabled:
+                    break
+                if asyncio.get_running_loop().time() >= deadline:
                     break
                 await asyncio.sleep(0.5)
         finally:
             progress.close()
         result |= {
             "succeeded": state.succeeded,
-            "retrying": state.retrying,
             "failed": state.failed,
             "waiting": state.waiting,
+            "endpoint_enabled": state.enabled,
         }
         return result
     finally:
@@ -360,9 +361,10 @@ auth copy, not at the gateway.""",
         "recover-deliveries",
         help="send an endpoint's failed deliveries again and follow their attempts",
         description="Make every failed (dead-lettered) delivery of the endpoint created since "
-        "--since due again now, whichever application owns it. The running callbacks service "
-        "sends them with their original webhook-id; this command shows their progress until "
-        "each has had its attempt (a failed attempt goes back on the retry schedule).",
+        "--since due again now, whichever application owns it; the endpoint must be enabled. "
+        "The running callbacks service sends each once more, with its original webhook-id; "
+        "this command shows their progress until each has had that attempt (one that fails "
+        "is failed again, and can be recovered again).",
     )
     p.add_argument("--endpoint-id", required=True, type=_id)
     p.add_argument(
@@ -456,6 +458,11 @@ async def _operator(args: argparse.Namespace) -> Any:
         )
         if result.get("waiting"):
             _print(result)
+            if not result["endpoint_enabled"]:
+                raise SystemExit(
+                    f"vetgate: the endpoint was disabled meanwhile (a 410, or an operator); "
+                    f"{result['waiting']} deliveries wait until it is enabled again"
+                )
             raise SystemExit(
                 f"vetgate: {result['waiting']} deliveries were still waiting for their attempt "
                 f"after {args.timeout:g} s; is a callbacks service running?"

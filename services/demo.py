@@ -72,7 +72,10 @@ class Receiver:
         site = web.TCPSite(self._runner, "0.0.0.0" if self._host else "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://{self._host or '127.0.0.1'}:{port}/webhooks"
+        host = self._host or "127.0.0.1"
+        if ":" in host:  # an IPv6 literal
+            host = f"[{host.strip('[]')}]"
+        self.url = f"http://{host}:{port}/webhooks"
 
     async def _receive(self, request: web.Request) -> web.Response:
         headers = {k.lower(): v for k, v in request.headers.items()}

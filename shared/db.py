@@ -51,12 +51,19 @@ async def transaction_opened_with(conn: Connection, statement: str) -> AsyncIter
     the simple query protocol, so it takes no parameters: build it from values whose text is
     known to be safe (a number, a ``uuid.UUID``), never from input.
     """
-    await conn.execute(f"BEGIN; {statement}")
+    if conn.is_in_transaction():
+        # BEGIN would only warn, and our COMMIT or ROLLBACK would end the caller's transaction.
+        raise asyncpg.InterfaceError("transaction_opened_with inside an open transaction")
     try:
+        # Inside the try: the opening statement itself can fail or be cancelled (a lock wait
+        # past the command timeout) after BEGIN took effect.
+        await conn.execute(f"BEGIN; {statement}")
         yield
     except BaseException:
         # As asyncpg's own transactions do; if the connection is past rolling back, the pool
-        # rolls back or discards it on release.
+        # rolls back or discards it on release. Sent even when the opening statement seemed
+        # not to run (cancelled before its answer came): a ROLLBACK outside a transaction is
+        # only a warning.
         with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
             await conn.execute("ROLLBACK")
         raise

@@ -398,13 +398,22 @@ class ReplayOutcomes:
     total: int
     waiting: int
     succeeded: int
-    retrying: int
     failed: int
+    enabled: bool
 
     @property
     def attempted(self) -> int:
         """Replayed deliveries whose attempt has been made (or that went with their endpoint)."""
         return self.total - self.waiting
+
+
+def endpoint_disabled() -> Conflict:
+    return Conflict(
+        "The endpoint is disabled, so its deliveries would never be attempted; re-enable it "
+        "first (PATCH the endpoint with enabled: true)",
+        slug="endpoint-disabled",
+        title="Endpoint disabled",
+    )
 
 
 async def operator_recover(
@@ -413,14 +422,19 @@ async def operator_recover(
     """Whichever application owns the endpoint: its failed deliveries since ``since`` are due
     again now; a running callbacks service picks them up on its next claim."""
     async with pool.acquire() as conn, conn.transaction():
-        if await store.endpoint_application(conn, endpoint_id) is None:
+        enabled = await store.endpoint_enabled(conn, endpoint_id)
+        if enabled is None:
             raise NotFound("No such endpoint")
+        if not enabled:
+            raise endpoint_disabled()
         return await store.recover_failed(conn, endpoint_id, since)
 
 
-async def replay_outcomes(pool: asyncpg.Pool, delivery_ids: list[uuid.UUID]) -> ReplayOutcomes:
+async def replay_outcomes(
+    pool: asyncpg.Pool, endpoint_id: uuid.UUID, delivery_ids: list[uuid.UUID]
+) -> ReplayOutcomes:
     async with pool.acquire() as conn:
-        row = await store.replay_outcomes(conn, delivery_ids)
+        row = await store.replay_outcomes(conn, endpoint_id, delivery_ids)
     # A delivery deleted with its endpoint meanwhile is no longer waiting for anything.
     return ReplayOutcomes(total=len(delivery_ids), **dict(row))
 

@@ -679,28 +679,32 @@ async def recover_failed(
     return [row["id"] for row in rows]
 
 
-async def replay_outcomes(conn: Connection, delivery_ids: Sequence[uuid.UUID]) -> Record:
-    """How replayed deliveries stand: still waiting for their attempt, or attempted and then
-    succeeded, due again on the retry schedule, or failed for good."""
+async def replay_outcomes(
+    conn: Connection, endpoint_id: uuid.UUID, delivery_ids: Sequence[uuid.UUID]
+) -> Record:
+    """How replayed deliveries stand (a replay is one attempt: it succeeds or fails for good),
+    and whether their endpoint is still enabled (a disabled one is never attempted)."""
     row = await conn.fetchrow(
         """
         SELECT count(*) FILTER (WHERE replay) AS waiting,
                count(*) FILTER (WHERE NOT replay AND status = 'succeeded') AS succeeded,
-               count(*) FILTER (WHERE NOT replay AND status = 'pending') AS retrying,
-               count(*) FILTER (WHERE NOT replay AND status = 'failed') AS failed
+               count(*) FILTER (WHERE NOT replay AND status <> 'succeeded') AS failed,
+               coalesce((SELECT enabled FROM endpoints WHERE id = $2), false) AS enabled
         FROM deliveries WHERE id = ANY($1::uuid[])
         """,
         delivery_ids,
+        endpoint_id,
     )
     assert row is not None  # an aggregate without GROUP BY always answers one row
     return row
 
 
-async def endpoint_application(conn: Connection, endpoint_id: uuid.UUID) -> uuid.UUID | None:
-    application_id: uuid.UUID | None = await conn.fetchval(
-        "SELECT application_id FROM endpoints WHERE id = $1", endpoint_id
+async def endpoint_enabled(conn: Connection, endpoint_id: uuid.UUID) -> bool | None:
+    """Whether the endpoint is enabled; None if there is no such endpoint."""
+    enabled: bool | None = await conn.fetchval(
+        "SELECT enabled FROM endpoints WHERE id = $1", endpoint_id
     )
-    return application_id
+    return enabled
 
 
 async def insert_direct_event(

@@ -489,14 +489,14 @@ async def test_the_operator_recovers_an_endpoint_and_follows_every_attempt(
         "endpoint_id": endpoint["id"],
         "recovered": 3,
         "succeeded": 3,
-        "retrying": 0,
         "failed": 0,
         "waiting": 0,
+        "endpoint_enabled": True,
     }
     # A pipe gets plain lines, not redraws; the last one is where it ended.
     lines = progress_lines(run.stderr)
     assert "\r" not in run.stderr
-    assert lines[-1].startswith(f"[{'#' * 24}] 3/3 attempted: 3 succeeded, 0 to retry")
+    assert lines[-1] == f"[{'#' * 24}] 3/3 attempted: 3 succeeded, 0 failed"
     for event in events:
         delivery = await delivery_of(partner, endpoint["id"], event, status="succeeded")
         assert delivery["attempt_log"][-1]["trigger"] == "replay"
@@ -517,6 +517,11 @@ async def test_the_operator_recovers_an_endpoint_and_follows_every_attempt(
     assert unknown.returncode == 1
     assert unknown.json()["status"] == 404
     assert "Traceback" not in unknown.stderr
+    # A disabled endpoint's deliveries would never be attempted: refused, nothing requeued.
+    await partner.call("PATCH", f"{E}/{endpoint['id']}", {"enabled": False}, expect=200)
+    disabled = await vetgate(*args, env=env)
+    assert disabled.returncode == 1
+    assert str(disabled.json()["type"]).endswith("endpoint-disabled")
     for bad in ("yesterday", "2026-11-30T00:00:00"):
         usage = await vetgate(*args[:3], "--since", bad, env=env)
         assert usage.returncode == 2
