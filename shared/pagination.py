@@ -32,8 +32,11 @@ def encode_cursor(*key: Any) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None, arity: int) -> list[str] | None:
-    """The sort key packed in ``cursor``; a 422 on the ``cursor`` field if it was tampered with."""
+def decode_cursor(
+    cursor: str | None, arity: int, *, field: str = "query.cursor"
+) -> list[str] | None:
+    """The sort key packed in ``cursor``; a 422 on ``field`` (the parameter it came in) if it
+    was tampered with."""
     if cursor is None:
         return None
     try:
@@ -47,9 +50,7 @@ def decode_cursor(cursor: str | None, arity: int) -> list[str] | None:
             raise ValueError("bad cursor")
         return key
     except (ValueError, RecursionError):  # RecursionError: deeply nested JSON from a client
-        raise ValidationProblem(
-            [FieldError("query.cursor", "Unknown or malformed cursor")]
-        ) from None
+        raise ValidationProblem([FieldError(field, "Unknown or malformed cursor")]) from None
 
 
 def time_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:

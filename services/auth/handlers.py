@@ -11,6 +11,7 @@ from aiohttp import web
 from services.auth import service
 from services.auth.keys import AUTH_CONTEXT, AUTH_SETTINGS
 from services.auth.schemas import (
+    AccessQuery,
     ApplicationCreate,
     ApplicationUpdate,
     ClinicCreate,
@@ -218,9 +219,13 @@ async def internal_revocations(request: web.Request) -> web.Response:
 async def internal_access(request: web.Request) -> web.Response:
     """Clinics, applications and grants as events, for services that route events to partners."""
     require_bearer(request, request.app[AUTH_SETTINGS].internal_token, "Internal")
-    snapshot = await service.access_snapshot(request.app[DB_POOL])
+    query = parse_query(request, AccessQuery)
+    snapshot, next_cursor = await service.access_snapshot(request.app[DB_POOL], query)
     return web.json_response(
-        {"events": [event.model_dump(mode="json") for event in snapshot]},
+        {
+            "events": [event.model_dump(mode="json") for event in snapshot],
+            "next_cursor": next_cursor,
+        },
         headers=NO_STORE,
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from services.auth import handlers as h
 from services.auth import schemas as s
+from services.auth.schemas import AccessQuery
 from shared.api import Api
 from shared.errors import PROBLEM_CONTENT_TYPE
 from shared.pagination import PageQuery
@@ -86,7 +87,9 @@ def build_api() -> Api:
         "GET",
         "/internal/v1/access",
         h.internal_access,
-        "Every clinic, application and grant as events (service-to-service; not routed)",
+        "Every clinic, application and grant as events, a page of one kind at a time with "
+        "`limit` and `after` (service-to-service; not routed)",
+        query=AccessQuery,
         tags=("internal",),
     )
 

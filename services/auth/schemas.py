@@ -205,3 +205,11 @@ class ServerMetadata(BaseModel):
 
 class Jwks(BaseModel):
     keys: list[dict[str, Any]]
+
+
+class AccessQuery(BaseModel):
+    """A page of the access snapshot; with neither field, the whole snapshot at once (what
+    copies of callbacks from before paging ask for)."""
+
+    limit: int | None = Field(default=None, ge=1, le=5000)
+    after: str | None = None

@@ -16,6 +16,7 @@ from services.auth import crypto, store
 from services.auth.cache import TtlCache, grant_key, record
 from services.auth.keyring import KeyRing
 from services.auth.schemas import (
+    AccessQuery,
     ApplicationCreate,
     ApplicationCredentials,
     ApplicationRead,
@@ -37,7 +38,7 @@ from services.auth.schemas import (
 )
 from services.auth.settings import AuthSettings
 from shared import events, scopes
-from shared.db import Connection, Row, constraint_problem
+from shared.db import Connection, Record, Row, constraint_problem
 from shared.errors import Conflict, FieldError, NotFound, OAuthError, RateLimited, ValidationProblem
 from shared.events import ApplicationChanged, ClinicChanged, Event, GrantChanged, TokenRevoked
 from shared.outbox import Draft, emit, emit_many
@@ -430,27 +431,58 @@ async def revocations_in_force(pool: asyncpg.Pool, settings: AuthSettings) -> li
     return snapshot
 
 
-async def access_snapshot(pool: asyncpg.Pool) -> list[Event]:
-    """Every clinic, application and grant, as the events that would have announced them.
+async def access_snapshot(pool: asyncpg.Pool, query: AccessQuery) -> tuple[list[Event], str | None]:
+    """Clinics, applications and grants, as the events that would have announced them, a page
+    at a time (one kind per page, in ``store.ACCESS_KINDS`` order), with the next page's cursor.
 
     A service that keeps a projection of who may see what starts from this, then follows the
-    events; applying an event twice, or an older one after a newer, changes nothing.
+    events; applying an event twice, or an older one after a newer, changes nothing, so pages
+    read at different moments add up to a valid start.
     """
+    kinds = store.ACCESS_KINDS
+    kind, after = 0, None
+    key = decode_cursor(query.after, 2, field="query.after")
+    if key is not None:
+        try:
+            kind, after = int(key[0]), uuid.UUID(key[1]) if key[1] else None
+            if not 0 <= kind < len(kinds):
+                raise ValueError("no such kind")
+        except ValueError:
+            raise ValidationProblem(
+                [FieldError("query.after", "Not a cursor of this list")]
+            ) from None
     async with pool.acquire() as conn:
-        found = await store.access_snapshot(conn)
-    snapshot = [
-        Event(
-            type=events.CLINIC_UPDATED,
-            clinic_id=r["id"],
-            data=_clinic_event(r).model_dump(mode="json"),
-        )
-        for r in found["clinics"]
-    ]
-    snapshot += [
-        Event(type=events.APPLICATION_UPDATED, data=_app_event(r).model_dump(mode="json"))
-        for r in found["applications"]
-    ]
-    snapshot += [
+        if query.limit is None and query.after is None:
+            whole: list[Event] = []
+            for name in kinds:
+                rows = await store.access_page(conn, name, after=None, limit=None)
+                whole += _access_events(name, rows)
+            return whole, None
+        rows = await store.access_page(conn, kinds[kind], after=after, limit=query.limit)
+    events = _access_events(kinds[kind], rows)
+    if query.limit is not None and len(rows) == query.limit:
+        return events, encode_cursor(kind, rows[-1]["id"])
+    if kind + 1 < len(kinds):
+        return events, encode_cursor(kind + 1, "")
+    return events, None
+
+
+def _access_events(kind: str, rows: list[Record]) -> list[Event]:
+    if kind == "clinics":
+        return [
+            Event(
+                type=events.CLINIC_UPDATED,
+                clinic_id=r["id"],
+                data=_clinic_event(r).model_dump(mode="json"),
+            )
+            for r in rows
+        ]
+    if kind == "applications":
+        return [
+            Event(type=events.APPLICATION_UPDATED, data=_app_event(r).model_dump(mode="json"))
+            for r in rows
+        ]
+    return [
         Event(
             type=events.GRANT_CREATED if r["revoked_at"] is None else events.GRANT_REVOKED,
             clinic_id=r["clinic_id"],
@@ -458,9 +490,8 @@ async def access_snapshot(pool: asyncpg.Pool) -> list[Event]:
                 mode="json"
             ),
         )
-        for r in found["grants"]
+        for r in rows
     ]
-    return snapshot
 
 
 # --- signing keys -----------------------------------------------------------------------------

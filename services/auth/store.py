@@ -388,17 +388,32 @@ async def revocations_in_force(conn: Connection, window_seconds: float) -> dict[
     return {"tokens": tokens, "grants": grants, "applications": applications}
 
 
-async def access_snapshot(conn: Connection) -> dict[str, list[Record]]:
-    """Every clinic, application and grant: who may see which clinic's events."""
-    clinics = await conn.fetch(f"SELECT {_CLINIC_COLUMNS} FROM clinics")
-    applications = await conn.fetch(f"SELECT {_APP_COLUMNS} FROM applications")
-    grants = await conn.fetch(
-        f"""
+#: What the access snapshot holds, in the order it is paged through.
+ACCESS_KINDS = ("clinics", "applications", "grants")
+_ACCESS_PAGES = {
+    "clinics": f"SELECT {_CLINIC_COLUMNS} FROM clinics",
+    "applications": f"SELECT {_APP_COLUMNS} FROM applications",
+    "grants": f"""
         SELECT {", ".join("g." + c.strip() for c in _GRANT_COLUMNS.split(","))}, a.client_id
         FROM grants g JOIN applications a ON a.id = g.application_id
-        """
+    """,
+}
+
+
+async def access_page(
+    conn: Connection, kind: str, *, after: uuid.UUID | None, limit: int | None
+) -> list[Record]:
+    """Clinics, applications or grants (``ACCESS_KINDS``) in id order, after ``after``;
+    all of them when ``limit`` is None."""
+    alias = "g." if kind == "grants" else ""
+    return await conn.fetch(
+        f"""
+        {_ACCESS_PAGES[kind]}
+        WHERE $1::uuid IS NULL OR {alias}id > $1 ORDER BY {alias}id LIMIT $2
+        """,
+        after,
+        limit,
     )
-    return {"clinics": clinics, "applications": applications, "grants": grants}
 
 
 async def purge_expired_revocations(conn: Connection) -> int:

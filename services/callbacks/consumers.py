@@ -102,21 +102,39 @@ async def handle_event(event: Event, conn: Connection, *, gap_seconds: float) ->
     return await store.fan_out(conn, seq)
 
 
+#: Entries of the access snapshot asked for at once: each page is applied in a transaction of
+#: its own, so a directory of any size is loaded in bounded memory.
+ACCESS_PAGE = 1000
+
+
 async def load_access_snapshot(
-    pool: asyncpg.Pool, session: aiohttp.ClientSession, *, auth_url: str, internal_token: str
+    pool: asyncpg.Pool,
+    session: aiohttp.ClientSession,
+    *,
+    auth_url: str,
+    internal_token: str,
+    page_size: int = ACCESS_PAGE,
 ) -> int:
-    """Start the projection from the auth service's own tables; return how many entries."""
-    async with session.get(
-        auth_url.rstrip("/") + "/internal/v1/access",
-        headers={"Authorization": f"Bearer {internal_token}"},
-    ) as response:
-        response.raise_for_status()
-        body = await response.json()
-    snapshot = [Event.model_validate(e) for e in body["events"]]
-    async with pool.acquire() as conn, conn.transaction():
-        for event in snapshot:
-            await apply_directory_event(event, conn)
-    return len(snapshot)
+    """Start the projection from the auth service's own tables, a page at a time; return how
+    many entries. Entries apply idempotently, so pages read at different moments (events keep
+    arriving meanwhile) add up to a valid start."""
+    url = auth_url.rstrip("/") + "/internal/v1/access"
+    headers = {"Authorization": f"Bearer {internal_token}"}
+    params = {"limit": str(page_size)}
+    count = 0
+    while True:
+        async with session.get(url, headers=headers, params=params) as response:
+            response.raise_for_status()
+            body = await response.json()
+        page = [Event.model_validate(e) for e in body["events"]]
+        async with pool.acquire() as conn, conn.transaction():
+            for event in page:
+                await apply_directory_event(event, conn)
+        count += len(page)
+        cursor = body.get("next_cursor")
+        if cursor is None:
+            return count
+        params["after"] = cursor
 
 
 async def intake_ctx(app: web.Application) -> AsyncIterator[None]:
