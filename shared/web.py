@@ -277,10 +277,18 @@ def _repeated_field(key: str) -> ProblemError:
     return ValidationProblem([FieldError(f"body.{key}", "Given more than once")])
 
 
+def _form_not_utf8() -> ProblemError:
+    return ValidationProblem([FieldError("body", "The form is not UTF-8")])
+
+
 async def read_form(
-    request: web.Request, *, repeated: Callable[[str], ProblemError] = _repeated_field
+    request: web.Request,
+    *,
+    repeated: Callable[[str], ProblemError] = _repeated_field,
+    malformed: Callable[[], ProblemError] = _form_not_utf8,
 ) -> Mapping[str, str]:
-    """A urlencoded body as a dict; ``repeated`` builds the refusal of a repeated key."""
+    """A urlencoded body as a dict; ``repeated`` builds the refusal of a repeated key, and
+    ``malformed`` that of a body that is not UTF-8 (raw, or percent-encoded)."""
     if (
         request.content_length is not None
         and request.content_length > request.app[SETTINGS].max_body_bytes
@@ -291,9 +299,11 @@ async def read_form(
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge("The request body exceeds the allowed size") from None
     try:
-        pairs = parse_qsl(raw.decode(), keep_blank_values=True, strict_parsing=False)
+        pairs = parse_qsl(
+            raw.decode(), keep_blank_values=True, strict_parsing=False, errors="strict"
+        )
     except UnicodeDecodeError:
-        raise ValidationProblem([FieldError("body", "The form is not UTF-8")]) from None
+        raise malformed() from None
     # A repeated parameter is ambiguous (RFC 6749 §3.1 forbids it): refuse rather than pick one.
     form: dict[str, str] = {}
     for key, value in pairs:

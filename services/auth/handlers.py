@@ -93,7 +93,13 @@ async def _oauth_form(request: web.Request) -> dict[str, str]:
         raise OAuthError(
             "invalid_request", "Send the parameters as application/x-www-form-urlencoded"
         )
-    form = dict(await read_form(request, repeated=_repeated_parameter))
+    form = dict(
+        await read_form(
+            request,
+            repeated=_repeated_parameter,
+            malformed=lambda: OAuthError("invalid_request", "The form must be UTF-8"),
+        )
+    )
     # No identifier, secret or token holds U+0000 (nor can a database text value).
     if any("\x00" in key or "\x00" in value for key, value in form.items()):
         raise OAuthError("invalid_request", "Parameters must not contain the NUL character")

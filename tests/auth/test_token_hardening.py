@@ -6,6 +6,7 @@ import asyncio
 
 import aiohttp
 import jwt
+import pytest
 
 from tests.conftest import Admin, TokenFactory, basic_auth
 
@@ -26,6 +27,30 @@ async def test_repeated_parameter_is_invalid_request(
         assert response.status == 400
         assert answer["error"] == "invalid_request"
         assert "clinic_id" in answer["error_description"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"grant_type=client_credentials&clinic_id=\xff\xfe",
+        b"grant_type=client_credentials&clinic_id=%FF%FE",
+    ],
+    ids=["raw-bytes", "percent-encoded"],
+)
+async def test_a_form_that_is_not_utf8_is_invalid_request(
+    http: aiohttp.ClientSession, auth_url: str, admin: Admin, body: bytes
+) -> None:
+    tenant = await admin.tenant()
+    headers = {
+        **basic_auth(tenant.client_id, tenant.client_secret),
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    async with http.post(auth_url + "/oauth/token", data=body, headers=headers) as response:
+        answer = await response.json()
+        assert response.status == 400
+        assert response.content_type == "application/json"
+        assert answer["error"] == "invalid_request"
+        assert "UTF-8" in answer["error_description"]
 
 
 async def test_revoking_a_group_grant_spares_tokens_of_a_clinic_grant(
