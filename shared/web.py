@@ -10,7 +10,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import random
 import re
 import time
 import uuid
@@ -34,6 +33,7 @@ from shared.errors import (
 from shared.keys import BROKER, DB_POOL, METRICS, SETTINGS, VERIFIER
 from shared.logs import request_id_var
 from shared.metrics import Metrics
+from shared.randomness import unique_hex
 from shared.settings import ServiceSettings
 
 log = logging.getLogger("vetgate.http")
@@ -62,7 +62,7 @@ _HTTP_SLUGS = {
 def request_id_of(request: web.Request) -> str:
     """The caller's ``X-Request-Id`` if it is a sane token, otherwise a new one."""
     incoming = request.headers.get("X-Request-Id", "")
-    return incoming if _REQUEST_ID_RE.match(incoming) else f"{random.getrandbits(64):016x}"
+    return incoming if _REQUEST_ID_RE.match(incoming) else unique_hex(64)
 
 
 @web.middleware

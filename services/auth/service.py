@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from shared.errors import Conflict, FieldError, NotFound, OAuthError, RateLimite
 from shared.events import ApplicationChanged, ClinicChanged, Event, GrantChanged, TokenRevoked
 from shared.outbox import Draft, emit, emit_many
 from shared.pagination import PageQuery, decode_cursor, encode_cursor
+from shared.randomness import unique_hex
 from shared.ratelimit import TokenBuckets
 from shared.tokens import Principal
 
@@ -699,7 +699,7 @@ async def _mint(
         "nbf": now,
         "exp": now + ttl,
         # Unique, not secret: a token is revoked by presenting it whole, never by its jti.
-        "jti": f"{random.getrandbits(128):032x}",
+        "jti": unique_hex(128),
         "client_id": app["client_id"],
         "app_id": str(app["id"]),
         "scope": scope,

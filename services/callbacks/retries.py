@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
+from shared.randomness import uniform
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -34,7 +36,8 @@ class RetryPolicy:
             return min(max(retry_after, self.retry_after_min), self.retry_after_max)
         base = self.schedule[attempts_made]
         spread = base * self.jitter
-        return max(0.0, base + (rng or random).uniform(-spread, spread))
+        jitter = rng.uniform(-spread, spread) if rng is not None else uniform(-spread, spread)
+        return max(0.0, base + jitter)
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
