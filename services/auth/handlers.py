@@ -61,6 +61,10 @@ def client_credentials(request: web.Request, form: dict[str, str]) -> tuple[str,
             raise OAuthError("invalid_request", "Use one client authentication method, not two")
         try:
             decoded = base64.b64decode(value.strip(), validate=True).decode()
+            client_id, sep, secret = decoded.partition(":")
+            # Strict, as for the form: percent-encoded bytes that are not UTF-8 are malformed.
+            client_id = unquote(client_id.replace("+", " "), errors="strict")
+            secret = unquote(secret.replace("+", " "), errors="strict")
         except (binascii.Error, UnicodeDecodeError):
             raise OAuthError(
                 "invalid_client",
@@ -68,8 +72,6 @@ def client_credentials(request: web.Request, form: dict[str, str]) -> tuple[str,
                 status=401,
                 headers={"WWW-Authenticate": 'Basic realm="vetgate"'},
             ) from None
-        client_id, sep, secret = decoded.partition(":")
-        client_id, secret = unquote(client_id.replace("+", " ")), unquote(secret.replace("+", " "))
         if not sep or "\x00" in client_id or "\x00" in secret:
             raise OAuthError(
                 "invalid_client",

@@ -459,12 +459,12 @@ async def access_snapshot(pool: asyncpg.Pool, query: AccessQuery) -> tuple[list[
                 whole += _access_events(name, rows)
             return whole, None
         rows = await store.access_page(conn, kinds[kind], after=after, limit=query.limit)
-    events = _access_events(kinds[kind], rows)
+    page = _access_events(kinds[kind], rows)
     if query.limit is not None and len(rows) == query.limit:
-        return events, encode_cursor(kind, rows[-1]["id"])
+        return page, encode_cursor(kind, rows[-1]["id"])
     if kind + 1 < len(kinds):
-        return events, encode_cursor(kind + 1, "")
-    return events, None
+        return page, encode_cursor(kind + 1, "")
+    return page, None
 
 
 def _access_events(kind: str, rows: list[Record]) -> list[Event]:

@@ -134,6 +134,8 @@ async def load_access_snapshot(
         cursor = body.get("next_cursor")
         if cursor is None:
             return count
+        if cursor == params.get("after"):
+            raise RuntimeError("the access snapshot's cursor did not move")
         params["after"] = cursor
 
 
@@ -164,6 +166,10 @@ async def intake_ctx(app: web.Application) -> AsyncIterator[None]:
                     internal_token=settings.internal_token.get_secret_value(),
                 )
                 log.info("access snapshot loaded: %d entries", count)
+                return
+            except RuntimeError as exc:
+                # Auth answered something other than a snapshot: retrying would not mend it.
+                log.error("access snapshot not loaded: %s", exc)
                 return
             except (aiohttp.ClientError, TimeoutError, OSError, asyncpg.PostgresError) as exc:
                 log.warning("access snapshot not loaded (%s); retrying", type(exc).__name__)

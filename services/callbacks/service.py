@@ -460,14 +460,14 @@ _BIGINT = 2**63
 def _feed_cursor(raw: str | None) -> tuple[int, int] | None:
     """The (txid, seq) of a feed cursor; a 422 on ``query.after`` (the parameter it came in)
     when it is not one this service handed out."""
-    key = decode_cursor(raw, 2, field="query.after")
-    if key is None:
-        return None
     try:
+        key = decode_cursor(raw, 2, field="query.after")
+        if key is None:
+            return None
         txid, seq = int(key[0]), int(key[1])
         if not (0 <= txid < _BIGINT and 0 <= seq < _BIGINT):
             raise ValueError("out of range")
-    except ValueError:
+    except (ValidationProblem, ValueError):
         raise ValidationProblem([FieldError("query.after", "Unknown cursor")]) from None
     return txid, seq
 

@@ -166,6 +166,10 @@ BadCredentials = Callable[[Tenant], dict[str, str]]
         pytest.param(lambda t: {"Authorization": "Basic %%%not-base64%%%"}, id="not-base64"),
         pytest.param(lambda t: {"Authorization": "Basic " + b64(b"no-colon")}, id="no-colon"),
         pytest.param(lambda t: {"Authorization": "Basic " + b64(b"\xff\xfe:x")}, id="not-utf8"),
+        pytest.param(
+            lambda t: {"Authorization": "Basic " + b64(t.client_id.encode() + b":%FF%FE")},
+            id="percent-encoded-not-utf8",
+        ),
         pytest.param(lambda t: {"Authorization": "Bearer " + t.client_secret}, id="wrong-scheme"),
     ],
 )
