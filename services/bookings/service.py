@@ -134,18 +134,14 @@ def _offered(
     return any(slot.start == start for slot in offered)
 
 
-def _check_client(
-    rules: ClinicRules,
-    client_id: uuid.UUID,
-    patient_id: uuid.UUID | None,
-    *,
-    client: Row | None,
-    patient_owner: uuid.UUID | None,
-) -> None:
-    """A known client must belong to the clinic's group (unknown ones may not have arrived yet)."""
-    if client is not None and (client["group_id"] != rules.group_id or client["erased"]):
+def _check_client(found: Row, rules: ClinicRules, data: BookingCreate) -> None:
+    """A known client must belong to the clinic's group (unknown ones may not have arrived yet),
+    and a known pet to that client; ``found`` is the booking's context row."""
+    group = found["client_group"]
+    if group is not None and (group != rules.group_id or found["client_erased"]):
         raise ValidationProblem([FieldError("body.client_id", "No such client in this group")])
-    if patient_id is not None and patient_owner is not None and patient_owner != client_id:
+    owner = found["patient_owner"]
+    if data.patient_id is not None and owner is not None and owner != data.client_id:
         raise ValidationProblem([FieldError("body.patient_id", "Not a pet of this client")])
 
 
@@ -178,16 +174,7 @@ async def _booking_context(
     if not found["offers"]:
         raise service_not_offered("body.practitioner_id")
     if data.client_id is not None:
-        known = found["client_group"] is not None
-        _check_client(
-            rules,
-            data.client_id,
-            data.patient_id,
-            client={"group_id": found["client_group"], "erased": found["client_erased"]}
-            if known
-            else None,
-            patient_owner=found["patient_owner"],
-        )
+        _check_client(found, rules, data)
     return _BookingContext(
         now=found["now"],
         duration_minutes=found["duration_minutes"],

@@ -233,28 +233,6 @@ async def offers(conn: Connection, service_id: uuid.UUID, practitioner_id: uuid.
     )
 
 
-async def booking_prerequisites(
-    conn: Connection, clinic_id: uuid.UUID, service_id: uuid.UUID, practitioner_id: uuid.UUID
-) -> Record:
-    """Service, practitioner and whether one offers the other, in one round trip that also
-    takes the practitioner's lock (see ``lock_practitioner``)."""
-    return await fetch_one(
-        conn,
-        """
-        SELECT s.duration_minutes, s.active AS service_active, p.active AS practitioner_active,
-               EXISTS (SELECT 1 FROM service_practitioners sp
-                       WHERE sp.service_id = s.id AND sp.practitioner_id = p.id) AS offers,
-               pg_advisory_xact_lock(hashtextextended($3::uuid::text, 0))::text AS locked
-        FROM (SELECT 1) AS one
-        LEFT JOIN services s ON s.clinic_id = $1 AND s.id = $2
-        LEFT JOIN practitioners p ON p.clinic_id = $1 AND p.id = $3
-        """,
-        clinic_id,
-        service_id,
-        practitioner_id,
-    )
-
-
 async def lock_practitioner(conn: Connection, practitioner_id: uuid.UUID) -> None:
     """Serialise schedule changes and bookings of one practitioner for this transaction."""
     await conn.execute(
@@ -892,17 +870,6 @@ async def erase_client(conn: Connection, client_id: uuid.UUID, group_id: uuid.UU
         "WHERE client_id = $1 AND (prospect IS NOT NULL OR notes IS NOT NULL)",
         client_id,
     )
-
-
-async def client_group(conn: Connection, client_id: uuid.UUID) -> Record | None:
-    return await conn.fetchrow("SELECT group_id, erased FROM clients WHERE id = $1", client_id)
-
-
-async def patient_owner(conn: Connection, patient_id: uuid.UUID) -> uuid.UUID | None:
-    owner: uuid.UUID | None = await conn.fetchval(
-        "SELECT client_id FROM patients WHERE id = $1", patient_id
-    )
-    return owner
 
 
 async def search_clients(

@@ -458,10 +458,16 @@ async def failed_deliveries(
     return endpoint, events
 
 
+@pytest.fixture
 def operator_env(
-    overrides: dict[str, Any], database_url: str, service: Callbacks
+    overrides: dict[str, Any], database_url: str, callbacks: Callbacks
 ) -> dict[str, str]:
-    return process_env(overrides, database_url, VETGATE_DB_SCHEMA=service.settings.db_schema)
+    """The environment of an operator's ``vetgate`` on the shared callbacks server's schema."""
+    return process_env(overrides, database_url, VETGATE_DB_SCHEMA=callbacks.settings.db_schema)
+
+
+def recover_args(endpoint: dict[str, Any], since: datetime) -> tuple[str, ...]:
+    return ("recover-deliveries", "--endpoint-id", endpoint["id"], "--since", since.isoformat())
 
 
 def progress_lines(stderr: str) -> list[str]:
@@ -469,18 +475,13 @@ def progress_lines(stderr: str) -> list[str]:
 
 
 async def test_the_operator_recovers_an_endpoint_and_follows_every_attempt(
-    partner: Partner,
-    receiver: Receiver,
-    bus: Broker,
-    callbacks: Callbacks,
-    overrides: dict[str, Any],
-    database_url: str,
+    partner: Partner, receiver: Receiver, bus: Broker, operator_env: dict[str, str]
 ) -> None:
     since = datetime.now(UTC) - timedelta(minutes=1)
     script = Script(then=500)
     endpoint, events = await failed_deliveries(partner, receiver, bus, "/operator", script, 3)
-    env = operator_env(overrides, database_url, callbacks)
-    args = ("recover-deliveries", "--endpoint-id", endpoint["id"], "--since", since.isoformat())
+    env = operator_env
+    args = recover_args(endpoint, since)
 
     script.then = 200
     run = await vetgate(*args, env=env)
@@ -530,18 +531,13 @@ async def test_the_operator_recovers_an_endpoint_and_follows_every_attempt(
 
 
 async def test_the_operator_is_told_when_replays_are_still_waiting(
-    partner: Partner,
-    receiver: Receiver,
-    bus: Broker,
-    callbacks: Callbacks,
-    overrides: dict[str, Any],
-    database_url: str,
+    partner: Partner, receiver: Receiver, bus: Broker, operator_env: dict[str, str]
 ) -> None:
     since = datetime.now(UTC) - timedelta(minutes=1)
     hang = Hang(500)
     endpoint, events = await failed_deliveries(partner, receiver, bus, "/operator-hang", hang, 2)
-    env = operator_env(overrides, database_url, callbacks)
-    args = ("recover-deliveries", "--endpoint-id", endpoint["id"], "--since", since.isoformat())
+    env = operator_env
+    args = recover_args(endpoint, since)
 
     hang.hang = True
     run = await vetgate(*args, "--timeout", "1", env=env)
