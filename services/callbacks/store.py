@@ -194,29 +194,32 @@ async def advance_aggregate(
     )
 
 
+_FAN_OUT = """
+WITH ev AS (
+    SELECT seq, event_id, event_type, clinic_id, application_id, aggregate, sequence
+    FROM events WHERE seq = $1
+), readers AS (
+    -- The application the event is addressed to, or those that may see its clinic's events.
+    SELECT ev.application_id FROM ev WHERE ev.application_id IS NOT NULL
+    UNION ALL
+    SELECT x.application_id
+    FROM ev CROSS JOIN LATERAL audience(ev.clinic_id, ev.event_type) x
+    WHERE ev.application_id IS NULL AND ev.clinic_id IS NOT NULL
+)
+INSERT INTO deliveries (id, endpoint_id, event_seq, event_id, event_type, aggregate, sequence)
+SELECT gen_random_uuid(), e.id, ev.seq, ev.event_id, ev.event_type, ev.aggregate, ev.sequence
+FROM ev
+CROSS JOIN readers a
+JOIN endpoints e ON e.application_id = a.application_id AND e.enabled
+    AND (e.event_types IS NULL OR ev.event_type = ANY (e.event_types))
+    AND (ev.application_id IS NOT NULL OR e.clinic_ids IS NULL OR ev.clinic_id = ANY (e.clinic_ids))
+ON CONFLICT (endpoint_id, event_id) DO NOTHING
+"""
+
+
 async def fan_out(conn: Connection, event_seq: int) -> int:
     """One delivery per enabled endpoint that subscribed to the event and may see it."""
-    result: str = await conn.execute(
-        """
-        INSERT INTO deliveries (id, endpoint_id, event_seq, event_id, event_type, aggregate,
-                                sequence)
-        SELECT gen_random_uuid(), e.id, ev.seq, ev.event_id, ev.event_type, ev.aggregate,
-               ev.sequence
-        FROM events ev
-        JOIN endpoints e ON e.enabled
-            AND (e.event_types IS NULL OR ev.event_type = ANY (e.event_types))
-            AND CASE
-                WHEN ev.application_id IS NOT NULL THEN e.application_id = ev.application_id
-                WHEN ev.clinic_id IS NOT NULL THEN
-                    (e.clinic_ids IS NULL OR ev.clinic_id = ANY (e.clinic_ids))
-                    AND may_see(e.application_id, ev.clinic_id, ev.event_type)
-                ELSE false
-            END
-        WHERE ev.seq = $1
-        ON CONFLICT (endpoint_id, event_id) DO NOTHING
-        """,
-        event_seq,
-    )
+    result: str = await conn.execute(_FAN_OUT, event_seq)
     return int(result.rsplit(" ", 1)[-1])
 
 
@@ -344,8 +347,16 @@ async def update_endpoint(
 async def delete_endpoint(
     conn: Connection, endpoint_id: uuid.UUID, application_id: uuid.UUID
 ) -> bool:
+    """Delete the endpoint and its deliveries (their attempts go with them) in one statement."""
     deleted = await conn.fetchval(
-        "DELETE FROM endpoints WHERE id = $1 AND application_id = $2 RETURNING true",
+        """
+        WITH gone AS (
+            DELETE FROM endpoints WHERE id = $1 AND application_id = $2 RETURNING id
+        ), deliveries_gone AS (
+            DELETE FROM deliveries WHERE endpoint_id IN (SELECT id FROM gone)
+        )
+        SELECT EXISTS (SELECT 1 FROM gone)
+        """,
         endpoint_id,
         application_id,
     )
@@ -412,44 +423,68 @@ _LIVE_SECRETS = """
           ORDER BY s.created_at DESC)
 """
 
+# An endpoint's due deliveries of one kind (first attempts, or retries) that it may be sent now,
+# oldest due first, read through that kind's index so the scan stops at the first not yet due.
+_DUE = """
+    SELECT d.id FROM deliveries d
+    WHERE d.endpoint_id = room.id AND d.status = 'pending' AND {kind}
+      AND d.next_attempt_at <= now()
+      AND (d.lease_until IS NULL OR d.lease_until < now())
+      AND (NOT room.ordered OR d.aggregate IS NULL OR (
+            NOT EXISTS (SELECT 1 FROM deliveries p
+                        WHERE p.endpoint_id = d.endpoint_id AND p.aggregate = d.aggregate
+                          AND p.status = 'pending' AND p.sequence < d.sequence)
+            AND (d.created_at < now() - make_interval(secs => $4)
+                 OR d.sequence <= (SELECT a.contiguous FROM aggregates a
+                                   WHERE a.aggregate = d.aggregate))))
+    ORDER BY d.next_attempt_at
+    LIMIT greatest({room}, 0)
+    FOR UPDATE OF d SKIP LOCKED
+"""
+
+_FIRST = "d.attempts = 0"
+_RETRY = "d.attempts > 0"
+_ROOM_AFTER_FIRSTS = "room.free - (SELECT count(*) FROM firsts f WHERE f.endpoint_id = room.id)"
+
 _CLAIM = f"""
-WITH room AS (
+WITH room AS MATERIALIZED (
     -- Enabled endpoints with something due, and how many more attempts each may have running.
-    SELECT e.id, e.url, e.ordered, e.rate_limit,
+    SELECT e.id, e.ordered,
            $2 - (SELECT count(*) FROM deliveries b
                  WHERE b.endpoint_id = e.id AND b.status = 'pending'
                    AND b.lease_token IS NOT NULL AND b.lease_until >= now()) AS free
     FROM endpoints e
     WHERE e.enabled
-      AND EXISTS (SELECT 1 FROM deliveries d
-                  WHERE d.endpoint_id = e.id AND d.status = 'pending'
-                    AND d.next_attempt_at <= now())
+      -- OFFSET 0: a probe of the endpoint's own index each, never a pass over every due row.
+      AND (EXISTS (SELECT 1 FROM deliveries d
+                   WHERE d.endpoint_id = e.id AND d.status = 'pending' AND {_FIRST}
+                     AND d.next_attempt_at <= now() OFFSET 0)
+           OR EXISTS (SELECT 1 FROM deliveries d
+                      WHERE d.endpoint_id = e.id AND d.status = 'pending' AND {_RETRY}
+                        AND d.next_attempt_at <= now() OFFSET 0))
+), firsts AS MATERIALIZED (
+    SELECT d.id, room.id AS endpoint_id
+    FROM room CROSS JOIN LATERAL ({_DUE.format(kind=_FIRST, room="room.free")}) d
+), retries AS (
+    -- First attempts before retries, so that a backlog of retries never holds up new events.
+    SELECT d.id, room.id AS endpoint_id
+    FROM room CROSS JOIN LATERAL ({_DUE.format(kind=_RETRY, room=_ROOM_AFTER_FIRSTS)}) d
 ), picked AS (
-    SELECT d.id, room.id AS endpoint_id, room.url, room.rate_limit
-    FROM room
-    CROSS JOIN LATERAL (
-        SELECT d.id FROM deliveries d
-        WHERE d.endpoint_id = room.id AND d.status = 'pending' AND d.next_attempt_at <= now()
-          AND (d.lease_until IS NULL OR d.lease_until < now())
-          AND (NOT room.ordered OR d.aggregate IS NULL OR (
-                NOT EXISTS (SELECT 1 FROM deliveries p
-                            WHERE p.endpoint_id = d.endpoint_id AND p.aggregate = d.aggregate
-                              AND p.status = 'pending' AND p.sequence < d.sequence)
-                AND (d.created_at < now() - make_interval(secs => $4)
-                     OR d.sequence <= (SELECT a.contiguous FROM aggregates a
-                                       WHERE a.aggregate = d.aggregate))))
-        -- First attempts before retries, so that a backlog of retries never holds up new events.
-        ORDER BY d.attempts > 0, d.next_attempt_at
-        LIMIT greatest(room.free, 0)
-        FOR UPDATE OF d SKIP LOCKED
-    ) d
+    SELECT id FROM (
+        SELECT id, 0 AS rank FROM firsts
+        UNION ALL
+        SELECT id, 1 AS rank FROM retries
+    ) due
+    ORDER BY rank
     LIMIT $1
 )
 UPDATE deliveries d
 SET lease_until = now() + make_interval(secs => $3), lease_token = $5, updated_at = now()
-FROM picked
-WHERE d.id = picked.id
-RETURNING d.id, d.endpoint_id, d.event_id, d.attempts, d.replay, picked.url, picked.rate_limit,
+-- By key, one row at a time: a join here may be planned as a pass over the whole table.
+WHERE d.id = ANY (ARRAY(SELECT id FROM picked))
+RETURNING d.id, d.endpoint_id, d.event_id, d.attempts, d.replay,
+          (SELECT e.url FROM endpoints e WHERE e.id = d.endpoint_id) AS url,
+          (SELECT e.rate_limit FROM endpoints e WHERE e.id = d.endpoint_id) AS rate_limit,
           (SELECT ev.body FROM events ev WHERE ev.seq = d.event_seq) AS body,
           {_LIVE_SECRETS.format(endpoint="d.endpoint_id")} AS secrets
 """
@@ -911,12 +946,14 @@ async def feed(
 
 
 async def purge_events(conn: Connection, retention_days: float) -> int:
-    """Events past the feed's reach, with their finished deliveries and attempts."""
+    """Events past the feed's reach, with their finished deliveries and attempts. A delivery
+    still pending for an endpoint that exists keeps its event; one left behind by an endpoint
+    deleted while the event was being fanned out does not."""
     result: str = await conn.execute(
         """
         DELETE FROM events ev
         WHERE ev.received_at < now() - make_interval(secs => $1 * 86400)
-          AND NOT EXISTS (SELECT 1 FROM deliveries d
+          AND NOT EXISTS (SELECT 1 FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
                           WHERE d.event_seq = ev.seq AND d.status = 'pending')
         """,
         retention_days,

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.message import Message
 from email.parser import BytesParser
 from typing import Any
@@ -32,7 +33,7 @@ from services.callbacks.settings import CallbacksSettings
 from shared import migrations
 from shared.broker import Broker
 from shared.db import create_pool
-from shared.events import Event
+from shared.events import ClientChanged, Event
 from tests.conftest import RUN_ID, Admin, Tenant, TokenFactory, bearer_call
 from tests.polling import eventually
 
@@ -266,6 +267,25 @@ def booking_event(
         aggregate=f"booking:{booking}",
         sequence=sequence,
         data={"id": str(booking), "status": "booked"},
+    )
+
+
+def client_event(tenant: Tenant) -> Event:
+    """A ``client.registered`` of the tenant's clinic, shaped as the registrations service
+    emits it: other services' consumers on the run's exchange read it too."""
+    data = ClientChanged(
+        client_id=uuid.uuid4(),
+        group_id=uuid.UUID(tenant.group_id),
+        clinic_id=uuid.UUID(tenant.clinic_id),
+        first_name="Ann",
+        last_name="Lee",
+        changed_at=datetime.now(UTC),
+    )
+    return Event(
+        type="client.registered",
+        clinic_id=data.clinic_id,
+        aggregate=f"client:{data.client_id}",
+        data=data.model_dump(mode="json"),
     )
 
 

@@ -28,7 +28,7 @@ from services.bookings.settings import BookingsSettings
 from services.callbacks.app import create_app
 from services.callbacks.settings import CallbacksSettings
 from shared.broker import Broker
-from shared.events import ClientChanged, Event
+from shared.events import Event
 from tests.bookings.conftest import Partner as ClinicDesk
 from tests.bookings.test_bookings import open_desk
 from tests.callbacks.conftest import (
@@ -39,6 +39,7 @@ from tests.callbacks.conftest import (
     Received,
     Receiver,
     booking_event,
+    client_event,
     publish,
 )
 from tests.callbacks.mailbox import all_mail_sent, contact_of, mail_rows, mails, text_of
@@ -154,24 +155,6 @@ async def kept(service: Callbacks, event: Event) -> list[uuid.UUID]:
     async with service.pool.acquire() as conn:
         rows = await conn.fetch("SELECT endpoint_id FROM deliveries WHERE event_id = $1", event.id)
     return [r["endpoint_id"] for r in rows]
-
-
-def client_registered(partner: Partner) -> Event:
-    tenant = partner.tenant
-    data = ClientChanged(
-        client_id=uuid.uuid4(),
-        group_id=uuid.UUID(tenant.group_id),
-        clinic_id=uuid.UUID(tenant.clinic_id),
-        first_name="Ann",
-        last_name="Lee",
-        changed_at=datetime.now(UTC),
-    )
-    return Event(
-        type="client.registered",
-        clinic_id=uuid.UUID(tenant.clinic_id),
-        aggregate=f"client:{data.client_id}",
-        data=data.model_dump(mode="json"),
-    )
 
 
 # --- signing ---------------------------------------------------------------------------------
@@ -825,9 +808,9 @@ async def test_a_tenant_without_clients_scope_gets_no_client_events(
     mine = await partner.endpoint(receiver.url("/bookings-only"))
     theirs = await others.endpoint(receiver.url("/with-clients"))
 
-    client = await publish(bus, client_registered(partner))
+    client = await publish(bus, client_event(partner.tenant))
     booking = await publish(bus, booking_event(partner.tenant.clinic_id))
-    their_client = await publish(bus, client_registered(others))
+    their_client = await publish(bus, client_event(others.tenant))
 
     assert await kept(callbacks, client) == []
     assert await kept(callbacks, booking) == [uuid.UUID(mine["id"])]

@@ -17,6 +17,7 @@ from tests.callbacks.conftest import (
     PartnerFactory,
     Receiver,
     booking_event,
+    client_event,
     publish,
 )
 from tests.conftest import Admin, TokenFactory
@@ -72,16 +73,6 @@ async def feed_shows(partner: Partner, event: Event, **params: str) -> list[dict
 
     found: list[dict[str, Any]] = await eventually(check, f"{event.type} {event.id} in the feed")
     return found
-
-
-def client_event(clinic_id: str, type: str = "client.registered") -> Event:
-    client = uuid.uuid4()
-    return Event(
-        type=type,
-        clinic_id=uuid.UUID(clinic_id),
-        aggregate=f"client:{client}",
-        data={"client_id": str(client), "first_name": "Ada", "last_name": "Lovelace"},
-    )
 
 
 # --- access -----------------------------------------------------------------------------------
@@ -321,7 +312,7 @@ async def test_client_events_need_clients_read(
 ) -> None:
     bookings_only = await partner_for(callbacks, scopes=["bookings:read", "bookings:write"])
     clinic = bookings_only.tenant.clinic_id
-    registered = await publish_kept(bus, callbacks, client_event(clinic))
+    registered = await publish_kept(bus, callbacks, client_event(bookings_only.tenant))
     booked = await publish_kept(bus, callbacks, booking_event(clinic))
 
     items = await feed_shows(bookings_only, booked)
@@ -333,7 +324,7 @@ async def test_client_events_need_clients_read(
     assert body["items"] == []
 
     with_clients = await partner_for(callbacks)  # granted clients:read as well
-    theirs = await publish_kept(bus, callbacks, client_event(with_clients.tenant.clinic_id))
+    theirs = await publish_kept(bus, callbacks, client_event(with_clients.tenant))
     seen = await feed_shows(with_clients, theirs, types="client.registered")
     assert ids(seen) == [str(theirs.id)]
 
