@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -11,7 +12,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
 from shared.broker import MessageHandler
-from shared.db import Connection
+from shared.db import Connection, transaction_opened_with
 from shared.events import Event
 
 log = logging.getLogger("vetgate.consumer")
@@ -28,6 +29,8 @@ _UNAVAILABLE = (
 
 EventHandler = Callable[[Event, Connection], Awaitable[None]]
 
+_CONSUMER_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
 
 def parse_message(message: AbstractIncomingMessage) -> Event | None:
     try:
@@ -40,10 +43,16 @@ def parse_message(message: AbstractIncomingMessage) -> Event | None:
 def idempotent_handler(pool: asyncpg.Pool, consumer: str, handle: EventHandler) -> MessageHandler:
     """Wrap ``handle`` so each event id takes effect once, however often it is delivered.
 
+    ``handle`` runs inside the transaction that records the id, and must not open one of its
+    own (asyncpg refuses ``conn.transaction()`` inside a transaction it did not start).
+
     A handler failure rolls back and requeues; the quorum queue's delivery limit then parks a
     message that keeps failing in the dead-letter queue. A database out of reach is waited out
     with the message held, so an outage never dead-letters what was in flight.
     """
+
+    if not _CONSUMER_NAME.fullmatch(consumer):
+        raise ValueError(f"consumer name {consumer!r}: letters, digits, '.', '_' and '-' only")
 
     async def on_message(message: AbstractIncomingMessage) -> None:
         event = parse_message(message)
@@ -53,14 +62,17 @@ def idempotent_handler(pool: asyncpg.Pool, consumer: str, handle: EventHandler) 
         delay = UNAVAILABLE_BACKOFF_SECONDS
         while True:
             try:
-                async with pool.acquire() as conn, conn.transaction():
-                    first = await conn.fetchval(
-                        "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) "
-                        "ON CONFLICT DO NOTHING RETURNING true",
-                        consumer,
-                        event.id,
-                    )
-                    if first:
+                # The id is recorded by the statement that opens the transaction: one round
+                # trip for both. Its text is safe to inline (a checked name and a UUID).
+                record = (
+                    "INSERT INTO processed_events (consumer, event_id) "
+                    f"VALUES ('{consumer}', '{event.id}') ON CONFLICT DO NOTHING"
+                )
+                async with (
+                    pool.acquire() as conn,
+                    transaction_opened_with(conn, record) as status,
+                ):
+                    if status == "INSERT 0 1":  # not handled before
                         await handle(event, conn)
                 break
             except _UNAVAILABLE as exc:

@@ -43,13 +43,15 @@ async def fetch_one(conn: Connection, query: str, *args: Any) -> Record:
 
 
 @contextlib.asynccontextmanager
-async def transaction_opened_with(conn: Connection, statement: str) -> AsyncIterator[None]:
-    """A transaction whose BEGIN and first statement travel in one round trip.
+async def transaction_opened_with(conn: Connection, statement: str) -> AsyncIterator[str]:
+    """A transaction whose BEGIN and first statement travel in one round trip; yields the
+    statement's status (``INSERT 0 1``, ``SELECT 1``, ...).
 
-    For a lock that must be held before the transaction's first read: a lock taken inside the
-    statement that reads would come after that statement's snapshot. ``statement`` goes over
-    the simple query protocol, so it takes no parameters: build it from values whose text is
-    known to be safe (a number, a ``uuid.UUID``), never from input.
+    For a lock that must be held before the transaction's first read (a lock taken inside the
+    statement that reads would come after that statement's snapshot), or simply to save the
+    round trip. ``statement`` goes over the simple query protocol, so it takes no parameters:
+    build it from values whose text is known to be safe (a number, a ``uuid.UUID``, a name
+    from the code), never from input.
     """
     if conn.is_in_transaction():
         # BEGIN would only warn, and our COMMIT or ROLLBACK would end the caller's transaction.
@@ -57,8 +59,8 @@ async def transaction_opened_with(conn: Connection, statement: str) -> AsyncIter
     try:
         # Inside the try: the opening statement itself can fail or be cancelled (a lock wait
         # past the command timeout) after BEGIN took effect.
-        await conn.execute(f"BEGIN; {statement}")
-        yield
+        status: str = await conn.execute(f"BEGIN; {statement}")
+        yield status
     except BaseException:
         # As asyncpg's own transactions do; if the connection is past rolling back, the pool
         # rolls back or discards it on release. Sent even when the opening statement seemed

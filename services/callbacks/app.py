@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -18,7 +19,7 @@ from services.callbacks.service import Context
 from services.callbacks.settings import CallbacksSettings
 from services.callbacks.signing import SecretBox
 from services.resource_app import resource_app
-from shared.db import Connection
+from shared.db import Connection, create_pool
 from shared.housekeeping import EXTRA_PURGES
 from shared.keys import DB_POOL, METRICS
 
@@ -57,7 +58,17 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
             result = "http_" + str(outcome.status_code // 100) + "xx"
         attempts.labels(result).inc()
 
-    async with delivery_session(settings) as session:
+    # The delivery loop's claims and records have connections of their own, so that a burst
+    # of intake transactions holding the shared pool never queues them.
+    delivery_pool = await create_pool(
+        settings.database_url,
+        schema=settings.db_schema,
+        min_size=1,
+        max_size=2,  # the claims, and the writer beside them
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(delivery_pool.close)
+        session = await stack.enter_async_context(delivery_session(settings))
         sender = Sender(
             session,
             allowed_hosts=settings.webhook_allowed_hosts,
@@ -66,7 +77,9 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         box = SecretBox(settings.webhook_secrets_key.get_secret_value())
         keys = Keys(box)
         mailer = Mailer(pool, settings)
-        dispatcher = Dispatcher(pool, sender, keys, settings, on_mail=mailer.wake, on_attempt=count)
+        dispatcher = Dispatcher(
+            delivery_pool, sender, keys, settings, on_mail=mailer.wake, on_attempt=count
+        )
         monitor = Monitor(pool, sender, keys, settings, on_mail=mailer.wake)
         app[DISPATCHER] = dispatcher
         app[CONTEXT] = Context(pool, settings, box, keys, sender, dispatcher)

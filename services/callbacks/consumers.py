@@ -82,7 +82,7 @@ async def handle_event(event: Event, conn: Connection, *, gap_seconds: float) ->
     await apply_directory_event(event, conn)
     if event.type not in events.PARTNER_EVENT_TYPES:
         return 0
-    seq = await store.insert_event(
+    return await store.keep_event(
         conn,
         event_id=event.id,
         event_type=event.type,
@@ -92,14 +92,8 @@ async def handle_event(event: Event, conn: Connection, *, gap_seconds: float) ->
         sequence=event.sequence,
         occurred_at=event.occurred_at,
         body=event.model_dump_json(),
+        gap_seconds=gap_seconds,
     )
-    if seq is None:
-        return 0
-    if event.aggregate is not None:
-        await store.advance_aggregate(
-            conn, event.aggregate, event.sequence, gap_seconds=gap_seconds
-        )
-    return await store.fan_out(conn, seq)
 
 
 #: Entries of the access snapshot asked for at once: each page is applied in a transaction of

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable
 
 import asyncpg
@@ -121,6 +122,8 @@ class Dispatcher:
         self._written = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._pending: list[store.AttemptRecord] = []
+        # Answered attempts whose records are not written yet, by endpoint: their slots are free.
+        self._unrecorded: Counter[uuid.UUID] = Counter()
         self._buckets = TokenBuckets()
 
     @property
@@ -132,26 +135,8 @@ class Dispatcher:
 
     async def run(self) -> None:
         writer = asyncio.create_task(self._write_loop(), name="delivery-writer")
-        backoff = self._settings.dispatch_poll_seconds
         try:
-            while True:
-                self._wake.clear()
-                free = self._settings.delivery_concurrency - len(self._inflight)
-                asked = min(free, self._settings.claim_batch)
-                got = 0
-                if asked > 0:
-                    try:
-                        got = await self._claim(asked)
-                        backoff = self._settings.dispatch_poll_seconds
-                    except _DB_ERRORS as exc:
-                        log.warning("delivery loop paused: %s", type(exc).__name__)
-                        backoff = min(backoff * 2, 10.0)
-                if got and got == asked:
-                    continue
-                if await wait_until_set(self._wake, backoff):
-                    # Let the completions and arrivals of the next moment share one claim
-                    # instead of paying a query each.
-                    await asyncio.sleep(self._settings.dispatch_coalesce_seconds)
+            await self._claim_loop()
         finally:
             for task in list(self._inflight):
                 task.cancel()
@@ -164,6 +149,27 @@ class Dispatcher:
                 with contextlib.suppress(*_DB_ERRORS):
                     await asyncio.wait_for(self.write(self._pending), timeout=5.0)
 
+    async def _claim_loop(self) -> None:
+        backoff = self._settings.dispatch_poll_seconds
+        while True:
+            self._wake.clear()
+            free = self._settings.delivery_concurrency - len(self._inflight)
+            asked = min(free, self._settings.claim_batch)
+            got = 0
+            if asked > 0:
+                try:
+                    got = await self._claim(asked)
+                    backoff = self._settings.dispatch_poll_seconds
+                except _DB_ERRORS as exc:
+                    log.warning("delivery loop paused: %s", type(exc).__name__)
+                    backoff = min(backoff * 2, 10.0)
+            if got and got == asked:
+                continue
+            if await wait_until_set(self._wake, backoff):
+                # Let the completions and arrivals of the next moment share one claim
+                # instead of paying a query each.
+                await asyncio.sleep(self._settings.dispatch_coalesce_seconds)
+
     async def _claim(self, limit: int) -> int:
         token = uuid.uuid4()
         async with self._pool.acquire() as conn:
@@ -174,6 +180,7 @@ class Dispatcher:
                 lease_seconds=self._settings.delivery_lease_seconds,
                 gap_seconds=self._settings.ordering_gap_seconds,
                 token=token,
+                finished=self._unrecorded,
             )
         deferred: dict[float, list[uuid.UUID]] = {}
         for row in rows:
@@ -212,6 +219,7 @@ class Dispatcher:
                 outcome.status_code or outcome.error,
                 state,
             )
+        self._unrecorded[row["endpoint_id"]] += 1
         self._pending.append(
             attempt_record(
                 outcome,
@@ -242,6 +250,9 @@ class Dispatcher:
                 await asyncio.sleep(1.0)
                 self._written.set()
                 continue
+            self._unrecorded.subtract(r.endpoint_id for r in batch)
+            self._unrecorded = +self._unrecorded  # drop the endpoints at zero
+            # A recorded outcome can let an ordered endpoint's next event go.
             self._wake.set()
 
     async def write(self, batch: list[store.AttemptRecord]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -111,7 +111,7 @@ async def ungranted_clinics(
 # --- intake -----------------------------------------------------------------------------------
 
 
-async def insert_event(
+async def keep_event(
     conn: Connection,
     *,
     event_id: uuid.UUID,
@@ -122,16 +122,13 @@ async def insert_event(
     sequence: int,
     occurred_at: datetime,
     body: str,
-) -> int | None:
-    """Keep an event for delivery and the feed; None when it is already kept."""
-    seq: int | None = await conn.fetchval(
-        """
-        INSERT INTO events (event_id, event_type, clinic_id, application_id, aggregate, sequence,
-                            occurred_at, body)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-        ON CONFLICT (event_id) DO NOTHING
-        RETURNING seq
-        """,
+    gap_seconds: float,
+) -> int:
+    """Keep an event for delivery and the feed, move its resource's gap-free mark on, and make
+    one delivery per enabled endpoint that subscribed to it and may see it; return how many
+    (0 for an event kept already). One round trip: see ``keep_event`` in the migrations."""
+    made: int = await conn.fetchval(
+        "SELECT keep_event($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         event_id,
         event_type,
         clinic_id,
@@ -140,87 +137,9 @@ async def insert_event(
         sequence,
         occurred_at,
         body,
+        gap_seconds,
     )
-    return seq
-
-
-async def advance_aggregate(
-    conn: Connection, aggregate: str, sequence: int, *, gap_seconds: float
-) -> None:
-    """Move the resource's gap-free mark past ``sequence`` and any later event kept already.
-
-    The row lock serialises two events of one resource, and each later statement sees what the
-    other committed, so the mark never stops short of an event that has arrived. A gap that has
-    kept an event waiting longer than ``gap_seconds`` (events from before this service listened,
-    or lost) is given up on; how long the resource itself has been known does not count.
-    """
-    row = await fetch_one(
-        conn,
-        """
-        INSERT INTO aggregates (aggregate, contiguous) VALUES ($1, 0)
-        ON CONFLICT (aggregate) DO UPDATE SET aggregate = EXCLUDED.aggregate
-        RETURNING contiguous
-        """,
-        aggregate,
-    )
-    if sequence <= row["contiguous"]:
-        return
-    if sequence != row["contiguous"] + 1:
-        waited_out = await conn.fetchval(
-            """
-            SELECT EXISTS (SELECT 1 FROM events e
-                           WHERE e.aggregate = $1 AND e.sequence > $2
-                             AND e.received_at < now() - make_interval(secs => $3))
-            """,
-            aggregate,
-            row["contiguous"],
-            gap_seconds,
-        )
-        if not waited_out:
-            return
-    await conn.execute(
-        """
-        WITH RECURSIVE run(n) AS (
-            SELECT $2::bigint
-            UNION ALL
-            SELECT run.n + 1 FROM run
-            WHERE EXISTS (SELECT 1 FROM events e WHERE e.aggregate = $1 AND e.sequence = run.n + 1)
-        )
-        UPDATE aggregates SET contiguous = greatest(contiguous, (SELECT max(n) FROM run))
-        WHERE aggregate = $1
-        """,
-        aggregate,
-        sequence,
-    )
-
-
-_FAN_OUT = """
-WITH ev AS (
-    SELECT seq, event_id, event_type, clinic_id, application_id, aggregate, sequence
-    FROM events WHERE seq = $1
-), readers AS (
-    -- The application the event is addressed to, or those that may see its clinic's events.
-    SELECT ev.application_id FROM ev WHERE ev.application_id IS NOT NULL
-    UNION ALL
-    SELECT x.application_id
-    FROM ev CROSS JOIN LATERAL audience(ev.clinic_id, ev.event_type) x
-    WHERE ev.application_id IS NULL AND ev.clinic_id IS NOT NULL
-)
-INSERT INTO deliveries (id, endpoint_id, event_seq, event_id, event_type, aggregate, sequence)
-SELECT gen_random_uuid(), e.id, ev.seq, ev.event_id, ev.event_type, ev.aggregate, ev.sequence
-FROM ev
-CROSS JOIN readers a
-JOIN endpoints e ON e.application_id = a.application_id AND e.enabled
-    AND (e.event_types IS NULL OR ev.event_type = ANY (e.event_types))
-    AND (ev.application_id IS NOT NULL OR e.clinic_ids IS NULL OR ev.clinic_id = ANY (e.clinic_ids))
-ON CONFLICT (endpoint_id, event_id) DO NOTHING
-"""
-
-
-async def fan_out(conn: Connection, event_seq: int) -> int:
-    """One delivery per enabled endpoint that subscribed to the event and may see it."""
-    result: str = await conn.execute(_FAN_OUT, event_seq)
-    return int(result.rsplit(" ", 1)[-1])
+    return made
 
 
 # --- endpoints --------------------------------------------------------------------------------
@@ -452,8 +371,12 @@ WITH room AS MATERIALIZED (
     SELECT e.id, e.ordered,
            $2 - (SELECT count(*) FROM deliveries b
                  WHERE b.endpoint_id = e.id AND b.status = 'pending'
-                   AND b.lease_token IS NOT NULL AND b.lease_until >= now()) AS free
+                   AND b.lease_token IS NOT NULL AND b.lease_until >= now())
+              -- Attempts the caller has finished and not yet recorded hold no request.
+              + coalesce(finished.n, 0) AS free
     FROM endpoints e
+    LEFT JOIN unnest($6::uuid[], $7::int[]) AS finished (endpoint_id, n)
+        ON finished.endpoint_id = e.id
     WHERE e.enabled
       -- OFFSET 0: a probe of the endpoint's own index each, never a pass over every due row.
       AND (EXISTS (SELECT 1 FROM deliveries d
@@ -498,10 +421,23 @@ async def claim_deliveries(
     lease_seconds: float,
     gap_seconds: float,
     token: uuid.UUID,
+    finished: Mapping[uuid.UUID, int] | None = None,
 ) -> list[Record]:
     """Lease due deliveries: at most ``endpoint_cap`` in flight per endpoint, ordered
-    endpoints one at a time per resource; rows another worker holds are skipped."""
-    return await conn.fetch(_CLAIM, limit, endpoint_cap, lease_seconds, gap_seconds, token)
+    endpoints one at a time per resource; rows another worker holds are skipped. ``finished``
+    counts, by endpoint, the caller's attempts that were answered but are not recorded yet:
+    they no longer hold a request open."""
+    finished = finished or {}
+    return await conn.fetch(
+        _CLAIM,
+        limit,
+        endpoint_cap,
+        lease_seconds,
+        gap_seconds,
+        token,
+        list(finished),
+        list(finished.values()),
+    )
 
 
 @dataclass(frozen=True)

@@ -119,7 +119,7 @@ async def test_the_audience_of_a_clinics_event_follows_the_grant_rule(pool: asyn
     assert unknown_clinic == []
 
 
-async def test_fan_out_reaches_the_audience_through_its_endpoint_filters(
+async def test_an_event_reaches_the_audience_through_its_endpoint_filters(
     pool: asyncpg.Pool,
 ) -> None:
     async with pool.acquire() as conn:
@@ -136,25 +136,28 @@ async def test_fan_out_reaches_the_audience_through_its_endpoint_filters(
         await endpoint("suspended")
         await endpoint("group_production")
 
-        seq = await store.insert_event(
-            conn,
-            event_id=uuid.uuid4(),
-            event_type="booking.created",
-            clinic_id=d.clinic,
-            application_id=None,
-            aggregate="booking:1",
-            sequence=1,
-            occurred_at=await conn.fetchval("SELECT now()"),
-            body="{}",
+        event = {
+            "event_id": uuid.uuid4(),
+            "event_type": "booking.created",
+            "clinic_id": d.clinic,
+            "application_id": None,
+            "aggregate": "booking:1",
+            "sequence": 1,
+            "occurred_at": await conn.fetchval("SELECT now()"),
+            "body": "{}",
+            "gap_seconds": 10.0,
+        }
+        made = await store.keep_event(conn, **event)
+        again = await store.keep_event(conn, **event)
+        mark = await conn.fetchval(
+            "SELECT contiguous FROM aggregates WHERE aggregate = 'booking:1'"
         )
-        assert seq is not None
-        made = await store.fan_out(conn, seq)
-        again = await store.fan_out(conn, seq)
         reached = {r["endpoint_id"] for r in await conn.fetch("SELECT endpoint_id FROM deliveries")}
 
     assert reached == {everything, filtered_in}
     assert made == 2
-    assert again == 0  # fanned out once, however often asked
+    assert again == 0  # kept and fanned out once, however often asked
+    assert mark == 1
     assert not reached & {filtered_out, other_type, disabled}
 
 
@@ -251,6 +254,29 @@ async def test_a_claim_keeps_to_the_endpoints_cap_with_retries_counted(
     assert len(first) == 4
     assert sorted(r["attempts"] for r in first) == [0, 0, 0, 2]
     assert second == []  # four in flight: the fifth waits for one of them
+
+
+async def test_answered_attempts_not_yet_recorded_free_their_slots(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        endpoint_id, other = await _endpoint(conn), await _endpoint(conn)
+        await _deliveries(conn, endpoint_id, 7, attempts=0, due_in=0)
+        await _deliveries(conn, other, 5, attempts=0, due_in=0)
+
+        first = await _claim(conn, limit=100, cap=4)
+        # Two of this endpoint's four have been answered; their records are on the way.
+        finished = {endpoint_id: 2, uuid.uuid4(): 3}
+        second = await store.claim_deliveries(
+            conn,
+            limit=100,
+            endpoint_cap=4,
+            lease_seconds=60,
+            gap_seconds=10,
+            token=uuid.uuid4(),
+            finished=finished,
+        )
+
+    assert len(first) == 8
+    assert [r["endpoint_id"] for r in second] == [endpoint_id, endpoint_id]
 
 
 async def test_a_claimed_delivery_carries_what_sending_needs(pool: asyncpg.Pool) -> None:

@@ -48,3 +48,72 @@ CREATE INDEX deliveries_retry_due ON deliveries (endpoint_id, next_attempt_at)
 -- fanned out in the same instant can outlive it, is never attempted (only existing, enabled
 -- endpoints are claimed) and goes with its event when the event is purged.
 ALTER TABLE deliveries DROP CONSTRAINT deliveries_endpoint_id_fkey;
+
+-- Intake of one partner event in one round trip: kept for the feed, its resource's gap-free
+-- mark moved on, and one delivery made per enabled endpoint that subscribed and may see it.
+-- Returns how many deliveries were made; 0 for an event kept already. PL/pgSQL because each
+-- statement here must see what other transactions committed before it started (a function's
+-- statements each take a fresh snapshot), which one statement of CTEs would not.
+CREATE FUNCTION keep_event(
+    p_event_id uuid, p_type text, p_clinic uuid, p_application uuid, p_aggregate text,
+    p_sequence bigint, p_occurred_at timestamptz, p_body text, p_gap_seconds float8
+) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_seq bigint;
+    v_contiguous bigint;
+    v_made integer;
+BEGIN
+    INSERT INTO events (event_id, event_type, clinic_id, application_id, aggregate, sequence,
+                        occurred_at, body)
+    VALUES (p_event_id, p_type, p_clinic, p_application, p_aggregate, p_sequence,
+            p_occurred_at, p_body)
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING seq INTO v_seq;
+    IF v_seq IS NULL THEN
+        RETURN 0;
+    END IF;
+
+    IF p_aggregate IS NOT NULL THEN
+        -- The row lock serialises two events of one resource, and each later statement sees
+        -- what the other committed, so the mark never stops short of an event that has
+        -- arrived. A gap that has kept an event waiting longer than p_gap_seconds (events from
+        -- before this service listened, or lost) is given up on.
+        INSERT INTO aggregates (aggregate, contiguous) VALUES (p_aggregate, 0)
+        ON CONFLICT (aggregate) DO UPDATE SET aggregate = EXCLUDED.aggregate
+        RETURNING contiguous INTO v_contiguous;
+        IF p_sequence > v_contiguous
+           AND (p_sequence = v_contiguous + 1
+                OR EXISTS (SELECT 1 FROM events e
+                           WHERE e.aggregate = p_aggregate AND e.sequence > v_contiguous
+                             AND e.received_at < now() - make_interval(secs => p_gap_seconds)))
+        THEN
+            WITH RECURSIVE run(n) AS (
+                SELECT p_sequence
+                UNION ALL
+                SELECT run.n + 1 FROM run
+                WHERE EXISTS (SELECT 1 FROM events e
+                              WHERE e.aggregate = p_aggregate AND e.sequence = run.n + 1)
+            )
+            UPDATE aggregates SET contiguous = greatest(contiguous, (SELECT max(n) FROM run))
+            WHERE aggregate = p_aggregate;
+        END IF;
+    END IF;
+
+    -- The application the event is addressed to, or those that may see its clinic's events.
+    INSERT INTO deliveries (id, endpoint_id, event_seq, event_id, event_type, aggregate,
+                            sequence)
+    SELECT gen_random_uuid(), e.id, v_seq, p_event_id, p_type, p_aggregate, p_sequence
+    FROM (SELECT p_application AS application_id WHERE p_application IS NOT NULL
+          UNION ALL
+          SELECT x.application_id FROM audience(p_clinic, p_type) x
+          WHERE p_application IS NULL AND p_clinic IS NOT NULL) readers
+    JOIN endpoints e ON e.application_id = readers.application_id AND e.enabled
+        AND (e.event_types IS NULL OR p_type = ANY (e.event_types))
+        AND (p_application IS NOT NULL OR e.clinic_ids IS NULL
+             OR p_clinic = ANY (e.clinic_ids))
+    ON CONFLICT (endpoint_id, event_id) DO NOTHING;
+    GET DIAGNOSTICS v_made = ROW_COUNT;
+    RETURN v_made;
+END
+$$;
