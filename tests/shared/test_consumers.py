@@ -179,6 +179,16 @@ async def queue_depth(amqp: aio_pika.abc.AbstractChannel, name: str) -> int:
     return int(queue.declaration_result.message_count)
 
 
+async def test_a_consumer_name_must_be_safe_to_inline(pool: asyncpg.Pool) -> None:
+    async def handle(event: Event, conn: asyncpg.Connection) -> None:
+        pass
+
+    # The name is written into the statement that opens the handler's transaction.
+    with pytest.raises(ValueError, match="consumer name"):
+        idempotent_handler(pool, "bookings'); DROP TABLE processed_events; --", handle)
+    assert callable(idempotent_handler(pool, "bookings.projections-2_b", handle))
+
+
 async def test_same_event_twice_takes_effect_once(
     pool: asyncpg.Pool, broker: tuple[Broker, list[str]], overrides: dict[str, Any]
 ) -> None:

@@ -23,6 +23,14 @@ async def test_commit_rollback_and_a_failing_opening_statement(database_url: str
             await conn.execute("INSERT INTO t VALUES (1)")
         assert not conn.is_in_transaction()
 
+        # The opening statement's status comes back: a dedupe insert tells first from repeat.
+        for expected in ("INSERT 0 1", "INSERT 0 0"):
+            async with transaction_opened_with(
+                conn, "INSERT INTO t SELECT 9 WHERE NOT EXISTS (SELECT 1 FROM t WHERE n = 9)"
+            ) as status:
+                assert status == expected
+        await conn.execute("DELETE FROM t WHERE n = 9")
+
         async def refused() -> None:
             async with transaction_opened_with(conn, "SELECT 1"):
                 await conn.execute("INSERT INTO t VALUES (2)")
