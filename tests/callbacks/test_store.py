@@ -256,6 +256,28 @@ async def test_a_claim_keeps_to_the_endpoints_cap_with_retries_counted(
     assert second == []  # four in flight: the fifth waits for one of them
 
 
+async def test_a_claim_finds_every_enabled_endpoints_due_work_and_nothing_else(
+    pool: asyncpg.Pool,
+) -> None:
+    async with pool.acquire() as conn:
+        due: set[uuid.UUID] = set()
+        for _ in range(10):
+            await _deliveries(conn, await _endpoint(conn), 3, attempts=2, due_in=600)
+        for _ in range(5):
+            await _deliveries(conn, await _endpoint(conn, enabled=False), 2, attempts=0, due_in=0)
+        for _ in range(3):
+            due |= set(await _deliveries(conn, await _endpoint(conn), 2, attempts=0, due_in=0))
+        for _ in range(2):
+            endpoint_id = await _endpoint(conn)
+            await _deliveries(conn, endpoint_id, 4, attempts=1, due_in=600)
+            due |= set(await _deliveries(conn, endpoint_id, 1, attempts=1, due_in=-1))
+        await _endpoint(conn)  # nothing at all
+
+        claimed = {r["id"] for r in await _claim(conn, limit=1000, cap=16)}
+
+    assert claimed == due
+
+
 async def test_answered_attempts_not_yet_recorded_free_their_slots(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         endpoint_id, other = await _endpoint(conn), await _endpoint(conn)
