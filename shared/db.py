@@ -115,12 +115,19 @@ async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
         max_size=settings.db_pool_max,
     )
     yield
-    pool = app[DB_POOL]
+    await close_pool(app[DB_POOL])
+
+
+POOL_CLOSE_SECONDS = 10.0
+
+
+async def close_pool(pool: asyncpg.Pool) -> None:
+    """Close ``pool``; a connection still held by a task that is stuck must not hold the
+    shutdown with it, so after POOL_CLOSE_SECONDS the rest are terminated."""
     try:
-        # A connection still held by a task that is stuck must not hold the shutdown with it.
-        await asyncio.wait_for(pool.close(), timeout=10)
+        await asyncio.wait_for(pool.close(), timeout=POOL_CLOSE_SECONDS)
     except TimeoutError:
-        log.warning("database pool did not close within 10 s; terminating it")
+        log.warning("database pool did not close within %g s; terminating it", POOL_CLOSE_SECONDS)
         pool.terminate()
 
 

@@ -19,7 +19,7 @@ from services.callbacks.service import Context
 from services.callbacks.settings import CallbacksSettings
 from services.callbacks.signing import SecretBox
 from services.resource_app import resource_app
-from shared.db import Connection, create_pool
+from shared.db import Connection, close_pool, create_pool
 from shared.housekeeping import EXTRA_PURGES
 from shared.keys import DB_POOL, METRICS
 
@@ -67,7 +67,7 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         max_size=2,  # the claims, and the writer beside them
     )
     async with contextlib.AsyncExitStack() as stack:
-        stack.push_async_callback(delivery_pool.close)
+        stack.push_async_callback(close_pool, delivery_pool)
         session = await stack.enter_async_context(delivery_session(settings))
         sender = Sender(
             session,

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import uuid
-from collections import Counter
 from collections.abc import Callable
 
 import asyncpg
@@ -122,8 +122,9 @@ class Dispatcher:
         self._written = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._pending: list[store.AttemptRecord] = []
-        # Answered attempts whose records are not written yet, by endpoint: their slots are free.
-        self._unrecorded: Counter[uuid.UUID] = Counter()
+        # Answered attempts whose records are not written yet (delivery id to lease token):
+        # they no longer hold a request open, so their endpoints' slots are free.
+        self._unrecorded: dict[uuid.UUID, uuid.UUID] = {}
         self._buckets = TokenBuckets()
 
     @property
@@ -219,7 +220,7 @@ class Dispatcher:
                 outcome.status_code or outcome.error,
                 state,
             )
-        self._unrecorded[row["endpoint_id"]] += 1
+        self._unrecorded[row["id"]] = token
         self._pending.append(
             attempt_record(
                 outcome,
@@ -241,7 +242,10 @@ class Dispatcher:
             if not batch:
                 continue
             try:
-                await self.write(batch)
+                try:
+                    await self.write(batch)
+                except asyncpg.DataError:
+                    await self._write_each(batch)
             except _DB_ERRORS as exc:
                 # Kept for the next round; if the database stays away the leases run out and
                 # the deliveries are attempted again (receivers dedupe by webhook-id).
@@ -250,10 +254,27 @@ class Dispatcher:
                 await asyncio.sleep(1.0)
                 self._written.set()
                 continue
-            self._unrecorded.subtract(r.endpoint_id for r in batch)
-            self._unrecorded = +self._unrecorded  # drop the endpoints at zero
+            for record in batch:
+                self._unrecorded.pop(record.delivery_id, None)
             # A recorded outcome can let an ordered endpoint's next event go.
             self._wake.set()
+
+    async def _write_each(self, batch: list[store.AttemptRecord]) -> None:
+        """A batch the database refused for what it holds: each attempt alone, and one still
+        refused without the text it brought back, so that one attempt never holds back the
+        others. (Writing an attempt twice records it once: its lease token is gone after.)"""
+        for record in batch:
+            try:
+                await self.write([record])
+            except asyncpg.DataError as exc:
+                log.error(
+                    "attempt at delivery %s recorded without its answer: %s",
+                    record.delivery_id,
+                    type(exc).__name__,
+                )
+                await self.write(
+                    [dataclasses.replace(record, excerpt=None, error="unrecordable answer")]
+                )
 
     async def write(self, batch: list[store.AttemptRecord]) -> None:
         """Record a batch of attempts and what they mean for their endpoints."""

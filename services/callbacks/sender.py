@@ -72,7 +72,9 @@ class Sender:
                 url, data=body, headers=headers, allow_redirects=False
             ) as response:
                 raw = await response.content.read(self._excerpt_bytes)
-                excerpt = raw.decode("utf-8", errors="replace")
+                # Postgres text cannot hold NUL, and one unrecordable excerpt would hold back
+                # every attempt recorded beside it.
+                excerpt = raw.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
                 retry_after = None
                 if response.status in (429, 503):
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -115,6 +117,8 @@ async def delivery_session(settings: CallbacksSettings) -> AsyncIterator[aiohttp
         timeout=timeout,
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
+        # The answer's first bytes are kept as they came, so they are asked for uncompressed.
         auto_decompress=False,
+        headers={"Accept-Encoding": "identity"},
     ) as session:
         yield session

@@ -344,8 +344,9 @@ _LIVE_SECRETS = """
 
 # An endpoint's due deliveries of one kind (first attempts, or retries) that it may be sent now,
 # oldest due first, read through that kind's index so the scan stops at the first not yet due.
+# Nothing is locked here: only what the claim goes on to lease is (see ``locked`` below).
 _DUE = """
-    SELECT d.id FROM deliveries d
+    SELECT d.id, d.next_attempt_at FROM deliveries d
     WHERE d.endpoint_id = room.id AND d.status = 'pending' AND {kind}
       AND d.next_attempt_at <= now()
       AND (d.lease_until IS NULL OR d.lease_until < now())
@@ -357,8 +358,7 @@ _DUE = """
                  OR d.sequence <= (SELECT a.contiguous FROM aggregates a
                                    WHERE a.aggregate = d.aggregate))))
     ORDER BY d.next_attempt_at
-    LIMIT greatest({room}, 0)
-    FOR UPDATE OF d SKIP LOCKED
+    LIMIT greatest(least({room}, $1), 0)
 """
 
 _FIRST = "d.attempts = 0"
@@ -386,13 +386,13 @@ WITH RECURSIVE first_work (endpoint_id) AS ({_PENDING.format(kind=_FIRST, name="
     SELECT e.id, e.ordered,
            $2 - (SELECT count(*) FROM deliveries b
                  WHERE b.endpoint_id = e.id AND b.status = 'pending'
-                   AND b.lease_token IS NOT NULL AND b.lease_until >= now())
-              -- Attempts the caller has finished and not yet recorded hold no request.
-              + coalesce(finished.n, 0) AS free
+                   AND b.lease_token IS NOT NULL AND b.lease_until >= now()
+                   -- The caller's attempts answered and not yet recorded hold no request.
+                   AND (b.id, b.lease_token) NOT IN (
+                       SELECT f.id, f.token FROM unnest($6::uuid[], $7::uuid[]) f (id, token)
+                   )) AS free
     FROM (SELECT endpoint_id FROM first_work UNION SELECT endpoint_id FROM retry_work) work
     JOIN endpoints e ON e.id = work.endpoint_id
-    LEFT JOIN unnest($6::uuid[], $7::int[]) AS finished (endpoint_id, n)
-        ON finished.endpoint_id = e.id
     WHERE e.enabled
       -- OFFSET 0: a probe of the endpoint's own index each, never a pass over every due row.
       AND (EXISTS (SELECT 1 FROM deliveries d
@@ -402,25 +402,31 @@ WITH RECURSIVE first_work (endpoint_id) AS ({_PENDING.format(kind=_FIRST, name="
                       WHERE d.endpoint_id = e.id AND d.status = 'pending' AND {_RETRY}
                         AND d.next_attempt_at <= now() OFFSET 0))
 ), firsts AS MATERIALIZED (
-    SELECT d.id, room.id AS endpoint_id
+    SELECT d.id, room.id AS endpoint_id, d.next_attempt_at, 0 AS rank
     FROM room CROSS JOIN LATERAL ({_DUE.format(kind=_FIRST, room="room.free")}) d
 ), retries AS (
-    -- First attempts before retries, so that a backlog of retries never holds up new events.
-    SELECT d.id, room.id AS endpoint_id
+    SELECT d.id, room.id AS endpoint_id, d.next_attempt_at, 1 AS rank
     FROM room CROSS JOIN LATERAL ({_DUE.format(kind=_RETRY, room=_ROOM_AFTER_FIRSTS)}) d
 ), picked AS (
-    SELECT id FROM (
-        SELECT id, 0 AS rank FROM firsts
-        UNION ALL
-        SELECT id, 1 AS rank FROM retries
-    ) due
-    ORDER BY rank
+    -- Endpoints take turns, each with its first attempts before its retries: a backlog of
+    -- retries never holds up new events, and no endpoint's backlog holds up another's work.
+    SELECT id FROM (SELECT * FROM firsts UNION ALL SELECT * FROM retries) due
+    ORDER BY row_number() OVER (PARTITION BY endpoint_id ORDER BY rank, next_attempt_at),
+             next_attempt_at
     LIMIT $1
+), locked AS (
+    -- A row another claim holds is skipped; one it leased and committed since this statement
+    -- began is checked again on its newest version, and fails the lease test.
+    SELECT d.id FROM deliveries d
+    WHERE d.id = ANY (ARRAY(SELECT id FROM picked))
+      AND d.status = 'pending' AND d.next_attempt_at <= now()
+      AND (d.lease_until IS NULL OR d.lease_until < now())
+    FOR UPDATE SKIP LOCKED
 )
 UPDATE deliveries d
 SET lease_until = now() + make_interval(secs => $3), lease_token = $5, updated_at = now()
 -- By key, one row at a time: a join here may be planned as a pass over the whole table.
-WHERE d.id = ANY (ARRAY(SELECT id FROM picked))
+WHERE d.id = ANY (ARRAY(SELECT id FROM locked))
 RETURNING d.id, d.endpoint_id, d.event_id, d.attempts, d.replay,
           (SELECT e.url FROM endpoints e WHERE e.id = d.endpoint_id) AS url,
           (SELECT e.rate_limit FROM endpoints e WHERE e.id = d.endpoint_id) AS rate_limit,
@@ -437,12 +443,13 @@ async def claim_deliveries(
     lease_seconds: float,
     gap_seconds: float,
     token: uuid.UUID,
-    finished: Mapping[uuid.UUID, int] | None = None,
+    finished: Mapping[uuid.UUID, uuid.UUID] | None = None,
 ) -> list[Record]:
     """Lease due deliveries: at most ``endpoint_cap`` in flight per endpoint, ordered
     endpoints one at a time per resource; rows another worker holds are skipped. ``finished``
-    counts, by endpoint, the caller's attempts that were answered but are not recorded yet:
-    they no longer hold a request open."""
+    maps the caller's attempts that were answered but are not recorded yet (delivery id to
+    lease token) to leave out of the count: they no longer hold a request open. A lease that
+    has meanwhile been recorded, run out or gone to another worker matches nothing there."""
     finished = finished or {}
     return await conn.fetch(
         _CLAIM,

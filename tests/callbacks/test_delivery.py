@@ -215,6 +215,28 @@ async def test_a_500_is_retried_and_one_success_is_recorded(
     assert status in (400, 422), problem
 
 
+async def test_an_answer_with_nul_bytes_is_recorded_beside_the_others(
+    partner: Partner, receiver: Receiver, bus: Broker
+) -> None:
+    async def binary(request: web.Request, n: int) -> web.StreamResponse:
+        return web.Response(
+            body=b"ok\x00\x1f\x8b\x00binary", content_type="application/octet-stream"
+        )
+
+    endpoint = await partner.endpoint(receiver.on("/binary", binary))
+    plain = await partner.endpoint(receiver.url("/plain"))
+    event = await publish(bus, booking_event(partner.tenant.clinic_id))
+
+    delivery = await delivery_of(partner, endpoint["id"], event, status="succeeded")
+    [attempt] = delivery["attempt_log"]
+    assert attempt["response_excerpt"].startswith("ok\ufffd")
+    assert "\x00" not in attempt["response_excerpt"]
+    # The attempt recorded in the same batch is not held back by it.
+    assert (await delivery_of(partner, plain["id"], event, status="succeeded"))["attempts"] == 1
+    # The excerpt is kept as it came, so the answer is asked for uncompressed.
+    assert {r.headers.get("Accept-Encoding") for r in receiver.at("/binary")} == {"identity"}
+
+
 async def test_a_redirect_is_not_followed_and_is_retried(
     partner: Partner, receiver: Receiver, bus: Broker
 ) -> None:

@@ -240,6 +240,22 @@ async def test_a_claim_hands_out_first_attempts_before_due_retries(pool: asyncpg
     assert not (first_claim | second_claim) & set(later)
 
 
+async def test_endpoints_take_turns_so_a_backlog_holds_up_no_other_endpoints_retry(
+    pool: asyncpg.Pool,
+) -> None:
+    async with pool.acquire() as conn:
+        busy = [await _endpoint(conn) for _ in range(3)]
+        for endpoint_id in busy:
+            await _deliveries(conn, endpoint_id, 5, attempts=0, due_in=0)
+        quiet = await _endpoint(conn)
+        [retry] = await _deliveries(conn, quiet, 1, attempts=3, due_in=-1)
+
+        claimed = await _claim(conn, limit=4, cap=16)
+
+    assert retry in {r["id"] for r in claimed}
+    assert sorted(str(r["endpoint_id"]) for r in claimed) == sorted(map(str, [*busy, quiet]))
+
+
 async def test_a_claim_keeps_to_the_endpoints_cap_with_retries_counted(
     pool: asyncpg.Pool,
 ) -> None:
@@ -284,9 +300,14 @@ async def test_answered_attempts_not_yet_recorded_free_their_slots(pool: asyncpg
         await _deliveries(conn, endpoint_id, 7, attempts=0, due_in=0)
         await _deliveries(conn, other, 5, attempts=0, due_in=0)
 
-        first = await _claim(conn, limit=100, cap=4)
-        # Two of this endpoint's four have been answered; their records are on the way.
-        finished = {endpoint_id: 2, uuid.uuid4(): 3}
+        token = uuid.uuid4()
+        first = await store.claim_deliveries(
+            conn, limit=100, endpoint_cap=4, lease_seconds=60, gap_seconds=10, token=token
+        )
+        mine = [r["id"] for r in first if r["endpoint_id"] == endpoint_id]
+        # Two of this endpoint's four have been answered; their records are on the way. A third
+        # is named with a token it does not hold (its lease went elsewhere): it still counts.
+        finished = {mine[0]: token, mine[1]: token, mine[2]: uuid.uuid4(), uuid.uuid4(): token}
         second = await store.claim_deliveries(
             conn,
             limit=100,
