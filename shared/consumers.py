@@ -40,6 +40,20 @@ def parse_message(message: AbstractIncomingMessage) -> Event | None:
         return None
 
 
+class HandlerMisuse(Exception):
+    """The handler used its connection wrongly (asyncpg's own refusal, on a live connection):
+    a bug to fail on, not the database being away to wait out."""
+
+
+async def _handled(handle: EventHandler, event: Event, conn: Connection) -> None:
+    try:
+        await handle(event, conn)
+    except asyncpg.InterfaceError as exc:
+        if conn.is_closed():
+            raise
+        raise HandlerMisuse(str(exc)) from exc
+
+
 def idempotent_handler(pool: asyncpg.Pool, consumer: str, handle: EventHandler) -> MessageHandler:
     """Wrap ``handle`` so each event id takes effect once, however often it is delivered.
 
@@ -73,7 +87,7 @@ def idempotent_handler(pool: asyncpg.Pool, consumer: str, handle: EventHandler) 
                     transaction_opened_with(conn, record) as status,
                 ):
                     if status == "INSERT 0 1":  # not handled before
-                        await handle(event, conn)
+                        await _handled(handle, event, conn)
                 break
             except _UNAVAILABLE as exc:
                 # The database, not the message, is at fault: keep the message (unacknowledged,

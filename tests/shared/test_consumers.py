@@ -233,6 +233,32 @@ async def test_failing_handler_is_retried_then_dead_lettered(
     assert await queue_depth(amqp, sub.queue) == 0
 
 
+async def test_a_handler_misusing_its_connection_is_dead_lettered_not_waited_on(
+    pool: asyncpg.Pool,
+    broker: tuple[Broker, list[str]],
+    overrides: dict[str, Any],
+    amqp: aio_pika.abc.AbstractChannel,
+) -> None:
+    def nesting(sub: Subscription) -> EventHandler:
+        async def handle(event: Event, conn: asyncpg.Connection) -> None:
+            sub.attempts.append(str(event.id))
+            async with conn.transaction():  # refused inside the consumer's transaction
+                await conn.execute("SELECT 1")
+
+        return handle
+
+    sub = await subscribe(broker, overrides, pool, nesting, delivery_limit=2)
+    bus, _ = broker
+    event = Event(type=sub.event_type, data={"note": "nested"})
+    await bus.publish(event.type, event.model_dump(mode="json"), event.id)
+
+    # Were it taken for the database being away, the message would be held and retried for
+    # ever; as a handler failure it uses up its delivery limit.
+    (dead,) = await dead_letters(amqp, sub, 1)
+    assert dead.message_id == str(event.id)
+    assert await processed(pool, sub, event) == 0
+
+
 async def test_unparseable_bodies_go_straight_to_the_dead_queue(
     pool: asyncpg.Pool,
     broker: tuple[Broker, list[str]],
