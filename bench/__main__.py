@@ -1,4 +1,5 @@
-"""``python -m bench [tokens|bookings|registrations|callbacks]``: run every benchmark, or one.
+"""``python -m bench [tokens|bookings|registrations|callbacks|feed|mixed]``: every benchmark,
+or one.
 
 Each prints its tables, every figure next to a baseline measured in the same run."""
 
@@ -8,13 +9,14 @@ import argparse
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from bench import bookings, callbacks, mixed, registrations, token_issuance
+from bench import bookings, callbacks, feed, mixed, registrations, token_issuance
 
 BENCHES: dict[str, Callable[[], Awaitable[tuple[str, object]]]] = {
     "tokens": token_issuance.run,
     "bookings": bookings.run,
     "registrations": registrations.run,
     "callbacks": callbacks.run,
+    "feed": feed.run,
     "mixed": mixed.run,
 }
 

@@ -182,12 +182,17 @@ async def _clinics(dsn: str, client_id: str, group_id: uuid.UUID, count: int) ->
     return made
 
 
-async def _app_token(session: aiohttp.ClientSession, auth_url: str, tenant: BenchTenant) -> str:
-    """An application token (no clinic) for managing webhooks."""
+async def app_token(
+    session: aiohttp.ClientSession,
+    auth_url: str,
+    tenant: BenchTenant,
+    scope: str = "webhooks:manage",
+) -> str:
+    """An application token (no clinic), for managing webhooks unless told otherwise."""
     credentials = base64.b64encode(f"{tenant.client_id}:{tenant.secret}".encode()).decode()
     async with session.post(
         f"{auth_url}/oauth/token",
-        data={"grant_type": "client_credentials", "scope": "webhooks:manage"},
+        data={"grant_type": "client_credentials", "scope": scope},
         headers={"Authorization": f"Basic {credentials}"},
     ) as response:
         body = await response.json()
@@ -805,7 +810,7 @@ async def _measure(
         aiohttp.ClientSession(connector=bare_connector) as bare_session,
     ):
         receiver = Receiver(session, setup.receiver)
-        token = await _app_token(session, platform.auth_url, tenant)
+        token = await app_token(session, platform.auth_url, tenant)
         app_id = _app_id(token)
         await _projected(pool, app_id, [setup.fan_clinic, setup.hang_clinic, *setup.single_clinics])
         await _endpoints(session, str(platform.service_url), token, setup)

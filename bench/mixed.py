@@ -79,11 +79,11 @@ from bench.bookings import (
 )
 from bench.callbacks import (
     Receiver,
-    _app_token,
     _cpu,
     _cpu_named,
     _machine_busy,
     _projected,
+    app_token,
 )
 from bench.harness import (
     BenchTenant,
@@ -303,7 +303,7 @@ async def _endpoint(
 ) -> None:
     """The partner's webhook endpoint for the clinic's booking.created events, once the callbacks
     service lets the application see them."""
-    token = await _app_token(session, base, tenant)
+    token = await app_token(session, base, tenant)
     pool = await create_pool(dsn, schema="callbacks", min_size=1, max_size=1)
     try:
         await _projected(pool, _app_id(token), [tenant.clinic_id])

@@ -881,15 +881,17 @@ async def feed(
     return await conn.fetch(
         """
         SELECT ev.seq, ev.txid::text::bigint AS txid, ev.body
-        FROM events ev
-        WHERE ($2::bigint IS NULL OR (ev.txid, ev.seq) > ($2::text::xid8, $3::bigint))
-          AND ev.txid < pg_snapshot_xmin(pg_current_snapshot())
+        FROM feed_entries f
+        JOIN events ev ON ev.seq = f.seq
+        WHERE f.application_id = $1
+          AND ($2::bigint IS NULL OR (f.txid, f.seq) > ($2::text::xid8, $3::bigint))
+          AND f.txid < pg_snapshot_xmin(pg_current_snapshot())
           AND ev.received_at > now() - make_interval(days => 0, secs => $5 * 86400)
           AND ($4::text[] IS NULL OR ev.event_type = ANY ($4))
           AND (ev.application_id = $1
                OR (ev.application_id IS NULL AND ev.clinic_id IS NOT NULL
                    AND may_see($1, ev.clinic_id, ev.event_type)))
-        ORDER BY ev.txid, ev.seq
+        ORDER BY f.txid, f.seq
         LIMIT $6
         """,
         application_id,

@@ -333,8 +333,10 @@ class Partner:
 PartnerFactory = Callable[..., Awaitable[Partner]]
 
 
-async def projected(service: Callbacks, tenant: Tenant) -> None:
-    """Wait until the callbacks service knows the tenant's clinic, application and grant."""
+async def projected(service: Callbacks, tenant: Tenant, clinic_id: str | None = None) -> None:
+    """Wait until the callbacks service lets the tenant's application see the events of its
+    clinic (or of ``clinic_id``): the clinic, application and grant are projected."""
+    clinic = clinic_id or tenant.clinic_id
 
     async def known() -> bool:
         async with service.pool.acquire() as conn:
@@ -342,11 +344,46 @@ async def projected(service: Callbacks, tenant: Tenant) -> None:
                 await conn.fetchval(
                     "SELECT may_see($1, $2, 'booking.created')",
                     uuid.UUID(tenant.application_id),
-                    uuid.UUID(tenant.clinic_id),
+                    uuid.UUID(clinic),
                 )
             )
 
-    await eventually(known, "the tenant's grant in the callbacks projection")
+    await eventually(known, f"the grant on clinic {clinic} in the callbacks projection")
+
+
+async def another_clinic(admin: Admin, tenant: Tenant) -> str:
+    """A sandbox clinic in the tenant's group, granted to no one yet."""
+    clinic = await admin.call(
+        "POST",
+        "/v1/admin/clinics",
+        {
+            "group_id": tenant.group_id,
+            "name": f"Another {uuid.uuid4().hex[:6]}",
+            "time_zone": "Europe/London",
+            "sandbox": True,
+        },
+        201,
+    )
+    return str(clinic["id"])
+
+
+async def grant_clinic(
+    admin: Admin, service: Callbacks, tenant: Tenant, clinic_id: str
+) -> dict[str, Any]:
+    """Grant the tenant's application ``bookings:read`` on the clinic; return the grant once the
+    callbacks service lets the application see the clinic's events."""
+    grant: dict[str, Any] = await admin.call(
+        "POST",
+        "/v1/admin/grants",
+        {
+            "application_id": tenant.application_id,
+            "clinic_id": clinic_id,
+            "scopes": ["bookings:read"],
+        },
+        201,
+    )
+    await projected(service, tenant, clinic_id)
+    return grant
 
 
 @pytest.fixture

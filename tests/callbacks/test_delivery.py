@@ -38,8 +38,10 @@ from tests.callbacks.conftest import (
     PartnerFactory,
     Received,
     Receiver,
+    another_clinic,
     booking_event,
     client_event,
+    grant_clinic,
     publish,
 )
 from tests.callbacks.mailbox import all_mail_sent, contact_of, mail_rows, mails, text_of
@@ -760,39 +762,8 @@ async def test_event_type_and_clinic_filters(
     bus: Broker,
 ) -> None:
     tenant = partner.tenant
-    clinic = await admin.call(
-        "POST",
-        "/v1/admin/clinics",
-        {
-            "group_id": tenant.group_id,
-            "name": f"Second {uuid.uuid4().hex[:6]}",
-            "time_zone": "Europe/London",
-            "sandbox": True,
-        },
-        201,
-    )
-    await admin.call(
-        "POST",
-        "/v1/admin/grants",
-        {
-            "application_id": tenant.application_id,
-            "clinic_id": clinic["id"],
-            "scopes": ["bookings:read"],
-        },
-        201,
-    )
-
-    async def granted() -> bool:
-        async with callbacks.pool.acquire() as conn:
-            return bool(
-                await conn.fetchval(
-                    "SELECT may_see($1, $2, 'booking.created')",
-                    uuid.UUID(tenant.application_id),
-                    uuid.UUID(clinic["id"]),
-                )
-            )
-
-    await eventually(granted, "the second clinic's grant projected")
+    second_clinic = await another_clinic(admin, tenant)
+    await grant_clinic(admin, callbacks, tenant, second_clinic)
 
     cancellations = await partner.endpoint(
         receiver.url("/cancelled"), event_types=["booking.cancelled"]
@@ -802,7 +773,7 @@ async def test_event_type_and_clinic_filters(
 
     created = await publish(bus, booking_event(tenant.clinic_id))
     cancelled = await publish(bus, booking_event(tenant.clinic_id, type="booking.cancelled"))
-    elsewhere = await publish(bus, booking_event(clinic["id"]))
+    elsewhere = await publish(bus, booking_event(second_clinic))
 
     assert set(await kept(callbacks, created)) == {
         uuid.UUID(first_clinic["id"]),

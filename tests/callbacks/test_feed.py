@@ -16,8 +16,10 @@ from tests.callbacks.conftest import (
     Partner,
     PartnerFactory,
     Receiver,
+    another_clinic,
     booking_event,
     client_event,
+    grant_clinic,
     publish,
 )
 from tests.conftest import Admin, TokenFactory
@@ -269,27 +271,8 @@ async def test_a_revoked_grant_hides_the_clinics_events(
     after = await publish_kept(bus, callbacks, booking_event(tenant.clinic_id, sequence=2))
 
     # A marker kept after ``after``: the application's new grant on another clinic.
-    clinic = await admin.call(
-        "POST",
-        "/v1/admin/clinics",
-        {
-            "group_id": tenant.group_id,
-            "name": "Second",
-            "time_zone": "Europe/London",
-            "sandbox": True,
-        },
-        201,
-    )
-    grant = await admin.call(
-        "POST",
-        "/v1/admin/grants",
-        {
-            "application_id": tenant.application_id,
-            "clinic_id": clinic["id"],
-            "scopes": ["bookings:read"],
-        },
-        201,
-    )
+    clinic = await another_clinic(admin, tenant)
+    grant = await grant_clinic(admin, callbacks, tenant, clinic)
 
     async def marker() -> list[dict[str, Any]] | None:
         items = await feed_all(partner)
@@ -305,6 +288,19 @@ async def test_a_revoked_grant_hides_the_clinics_events(
     assert str(before.id) not in ids(items)
     revocations = [i for i in items if i["type"] == "grant.revoked"]
     assert [r["data"]["grant_id"] for r in revocations] == [tenant.grant_id]
+
+
+async def test_a_clinic_granted_later_shows_its_events_from_the_grant_on(
+    partner: Partner, callbacks: Callbacks, bus: Broker, admin: Admin
+) -> None:
+    clinic = await another_clinic(admin, partner.tenant)
+    earlier = await publish_kept(bus, callbacks, booking_event(clinic))
+    await grant_clinic(admin, callbacks, partner.tenant, clinic)
+    later = await publish_kept(bus, callbacks, booking_event(clinic))
+
+    # As with webhooks, an event reaches the applications that may see it when it happens.
+    items = await feed_shows(partner, later)
+    assert str(earlier.id) not in ids(items)
 
 
 async def test_client_events_need_clients_read(

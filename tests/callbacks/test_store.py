@@ -393,3 +393,52 @@ async def test_purge_keeps_pending_work_but_not_what_a_deleted_endpoint_left(
 
     assert purged == 2
     assert left == {waiting, recent}
+
+
+async def test_the_feed_entries_of_events_kept_before_the_migration_are_filled_in(
+    database_url: str,
+) -> None:
+    schema = f"callbacks_store_{uuid.uuid4().hex[:8]}"
+    everything = migrations.migrations_for(CALLBACKS_DIR)
+    first = [m for m in everything if not m.name.startswith("0002")]
+    conn = await asyncpg.connect(database_url)
+    try:
+        await migrations.apply(conn, schema, first)
+        await conn.execute(f'SET search_path TO "{schema}", public')
+        d = await directory(conn)
+        seqs = [
+            await conn.fetchval(
+                """
+                INSERT INTO events (event_id, event_type, clinic_id, application_id, sequence,
+                                    occurred_at, body)
+                VALUES (gen_random_uuid(), $1, $2, $3, 1, now(), '{}') RETURNING seq
+                """,
+                event_type,
+                clinic,
+                application,
+            )
+            for event_type, clinic, application in [
+                ("booking.created", d.clinic, None),
+                ("grant.created", None, d.apps["wrong_scope"]),
+            ]
+        ]
+        await migrations.apply(conn, schema, everything)
+        await conn.execute(f'SET search_path TO "{schema}", public')
+        entries = {
+            (r["application_id"], r["seq"])
+            for r in await conn.fetch("SELECT application_id, seq FROM feed_entries")
+        }
+        seen = await store.feed(
+            conn, d.apps["direct"], after=None, types=None, retention_days=30, limit=10
+        )
+    finally:
+        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await conn.close()
+
+    assert entries == {
+        (d.apps["direct"], seqs[0]),
+        (d.apps["group_sandbox"], seqs[0]),
+        (d.apps["both"], seqs[0]),
+        (d.apps["wrong_scope"], seqs[1]),
+    }
+    assert [r["seq"] for r in seen] == [seqs[0]]

@@ -49,8 +49,30 @@ CREATE INDEX deliveries_retry_due ON deliveries (endpoint_id, next_attempt_at)
 -- endpoints are claimed) and goes with its event when the event is purged.
 ALTER TABLE deliveries DROP CONSTRAINT deliveries_endpoint_id_fkey;
 
+-- The PULL feed reads an application's events through entries of its own, written as each event
+-- is kept for the applications that may see it then: a page costs the application's events, not
+-- every clinic's. Reading still asks may_see, so a grant revoked since hides what it showed.
+CREATE TABLE feed_entries (
+    application_id  uuid NOT NULL,
+    txid            xid8 NOT NULL,
+    seq             bigint NOT NULL REFERENCES events (seq) ON DELETE CASCADE,
+    PRIMARY KEY (application_id, txid, seq)
+);
+CREATE INDEX feed_entries_by_event ON feed_entries (seq);
+INSERT INTO feed_entries (application_id, txid, seq)
+SELECT readers.application_id, ev.txid, ev.seq
+FROM events ev
+CROSS JOIN LATERAL (
+    SELECT ev.application_id WHERE ev.application_id IS NOT NULL
+    UNION ALL
+    SELECT x.application_id FROM audience(ev.clinic_id, ev.event_type) x
+    WHERE ev.application_id IS NULL AND ev.clinic_id IS NOT NULL
+) readers (application_id);
+DROP INDEX events_feed;
+
 -- Intake of one partner event in one round trip: kept for the feed, its resource's gap-free
--- mark moved on, and one delivery made per enabled endpoint that subscribed and may see it.
+-- mark moved on, a feed entry for each application that may see it, and one delivery made per
+-- enabled endpoint of theirs that subscribed to it.
 -- Returns how many deliveries were made; 0 for an event kept already. PL/pgSQL because each
 -- statement here must see what other transactions committed before it started (a function's
 -- statements each take a fresh snapshot), which one statement of CTEs would not.
@@ -63,6 +85,7 @@ DECLARE
     v_seq bigint;
     v_contiguous bigint;
     v_made integer;
+    v_readers uuid[];
 BEGIN
     INSERT INTO events (event_id, event_type, clinic_id, application_id, aggregate, sequence,
                         occurred_at, body)
@@ -101,13 +124,19 @@ BEGIN
     END IF;
 
     -- The application the event is addressed to, or those that may see its clinic's events.
+    v_readers := CASE
+        WHEN p_application IS NOT NULL THEN ARRAY[p_application]
+        WHEN p_clinic IS NOT NULL THEN ARRAY(SELECT x.application_id
+                                             FROM audience(p_clinic, p_type) x)
+        ELSE '{}'::uuid[]
+    END;
+    INSERT INTO feed_entries (application_id, txid, seq)
+    SELECT r, pg_current_xact_id(), v_seq FROM unnest(v_readers) r;
+
     INSERT INTO deliveries (id, endpoint_id, event_seq, event_id, event_type, aggregate,
                             sequence)
     SELECT gen_random_uuid(), e.id, v_seq, p_event_id, p_type, p_aggregate, p_sequence
-    FROM (SELECT p_application AS application_id WHERE p_application IS NOT NULL
-          UNION ALL
-          SELECT x.application_id FROM audience(p_clinic, p_type) x
-          WHERE p_application IS NULL AND p_clinic IS NOT NULL) readers
+    FROM unnest(v_readers) readers (application_id)
     JOIN endpoints e ON e.application_id = readers.application_id AND e.enabled
         AND (e.event_types IS NULL OR p_type = ANY (e.event_types))
         AND (p_application IS NOT NULL OR e.clinic_ids IS NULL
