@@ -907,14 +907,16 @@ async def feed(
 
 
 async def purge_events(conn: Connection, retention_days: float) -> int:
-    """Events past the feed's reach, with their finished deliveries and attempts. A delivery
-    still pending for an endpoint that exists keeps its event; one left behind by an endpoint
-    deleted while the event was being fanned out does not."""
+    """Events past the feed's reach, with their deliveries and attempts. A delivery still
+    pending for an enabled endpoint keeps its event; one waiting for a disabled endpoint to be
+    turned back on, or left behind by an endpoint deleted while the event was being fanned out,
+    does not: past the horizon it could no more be replayed than found in the feed."""
     result: str = await conn.execute(
         """
         DELETE FROM events ev
         WHERE ev.received_at < now() - make_interval(secs => $1 * 86400)
-          AND NOT EXISTS (SELECT 1 FROM deliveries d JOIN endpoints e ON e.id = d.endpoint_id
+          AND NOT EXISTS (SELECT 1 FROM deliveries d
+                          JOIN endpoints e ON e.id = d.endpoint_id AND e.enabled
                           WHERE d.event_seq = ev.seq AND d.status = 'pending')
         """,
         retention_days,

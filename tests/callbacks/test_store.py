@@ -371,7 +371,7 @@ async def test_deleting_an_endpoint_deletes_its_deliveries_and_their_attempts(
     assert deliveries == attempts == {kept_delivery}
 
 
-async def test_purge_keeps_pending_work_but_not_what_a_deleted_endpoint_left(
+async def test_purge_keeps_pending_work_but_not_what_no_endpoint_will_take(
     pool: asyncpg.Pool,
 ) -> None:
     async with pool.acquire() as conn:
@@ -381,17 +381,21 @@ async def test_purge_keeps_pending_work_but_not_what_a_deleted_endpoint_left(
         await conn.execute("UPDATE deliveries SET status = 'succeeded' WHERE id = $1", done)
         # A delivery fanned out as its endpoint was deleted: nothing refers to it any more.
         [orphan] = await _deliveries(conn, uuid.uuid4(), 1, attempts=0, due_in=0)
+        # One waiting for an endpoint disabled since, never turned back on.
+        [abandoned] = await _deliveries(
+            conn, await _endpoint(conn, enabled=False), 1, attempts=4, due_in=0
+        )
         [recent] = await _deliveries(conn, live, 1, attempts=0, due_in=0)
         await conn.execute(
             "UPDATE events SET received_at = now() - interval '40 days' "
             "WHERE seq IN (SELECT event_seq FROM deliveries WHERE id = ANY ($1::uuid[]))",
-            [waiting, done, orphan],
+            [waiting, done, orphan, abandoned],
         )
 
         purged = await store.purge_events(conn, retention_days=30)
         left = {r["id"] for r in await conn.fetch("SELECT id FROM deliveries")}
 
-    assert purged == 2
+    assert purged == 3
     assert left == {waiting, recent}
 
 
