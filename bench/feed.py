@@ -2,9 +2,10 @@
 through its events while 1,000 other clinics' events share the table.
 
 Auth and callbacks run as one process each. The callbacks service's tables are filled in bulk
-(BENCH_FEED_EVENTS events over 30 days, one in 1,000 of the application's clinic, their feed
-entries written as intake writes them), then the application reads its whole feed, page after
-page of 100, over HTTP with an ``events:read`` token. Beside it in the same run:
+(BENCH_FEED_EVENTS events over 30 days, one in 1,000 of the application's clinic; the events
+table's trigger writes their feed entries, as for every event kept), then the application reads
+its whole feed, page after page of 100, over HTTP with an ``events:read`` token. Beside it in
+the same run:
 
 - bare asyncpg reading the same pages' rows by primary key: the I/O no feed can avoid;
 - the query the feed ran before it had entries of its own (every event in order, the grant
@@ -50,8 +51,8 @@ _EARLIER_FEED = """
 
 
 async def _fill(pool: asyncpg.Pool, own_clinic: uuid.UUID, group_id: uuid.UUID) -> int:
-    """Clinics and events in bulk; the application's share gets its feed entries as intake
-    would write them. Returns how many events the application may read."""
+    """Clinics and events in bulk (their feed entries come from the events table's trigger).
+    Returns how many events the application may read."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
             "INSERT INTO clinics SELECT gen_random_uuid(), $1, true, now() "
@@ -81,13 +82,6 @@ async def _fill(pool: asyncpg.Pool, own_clinic: uuid.UUID, group_id: uuid.UUID) 
             clinics,
             EVENTS,
             len(clinics),
-        )
-        await conn.execute(
-            """
-            INSERT INTO feed_entries (application_id, txid, seq)
-            SELECT x.application_id, ev.txid, ev.seq
-            FROM events ev CROSS JOIN LATERAL audience(ev.clinic_id, ev.event_type) x
-            """
         )
         await conn.execute("ANALYZE")
         count: int = await conn.fetchval(

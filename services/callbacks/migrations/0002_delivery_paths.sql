@@ -59,20 +59,39 @@ CREATE TABLE feed_entries (
     PRIMARY KEY (application_id, txid, seq)
 );
 CREATE INDEX feed_entries_by_event ON feed_entries (seq);
-INSERT INTO feed_entries (application_id, txid, seq)
-SELECT readers.application_id, ev.txid, ev.seq
-FROM events ev
-CROSS JOIN LATERAL (
-    SELECT ev.application_id WHERE ev.application_id IS NOT NULL
+
+-- Who an event is for: the application it is addressed to, or those that may see its clinic.
+CREATE FUNCTION readers(addressed uuid, clinic uuid, event_type text)
+RETURNS TABLE (application_id uuid)
+LANGUAGE sql STABLE AS $$
+    SELECT addressed WHERE addressed IS NOT NULL
     UNION ALL
-    SELECT x.application_id FROM audience(ev.clinic_id, ev.event_type) x
-    WHERE ev.application_id IS NULL AND ev.clinic_id IS NOT NULL
-) readers (application_id);
+    SELECT x.application_id FROM audience(clinic, event_type) x
+    WHERE addressed IS NULL AND clinic IS NOT NULL
+$$;
+
+-- A trigger rather than the intake's own statement, so that events kept by copies of the
+-- service still running the code from before this migration get their entries too.
+CREATE FUNCTION add_feed_entries() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO feed_entries (application_id, txid, seq)
+    SELECT r.application_id, NEW.txid, NEW.seq
+    FROM readers(NEW.application_id, NEW.clinic_id, NEW.event_type) r;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER events_feed_entries AFTER INSERT ON events
+    FOR EACH ROW EXECUTE FUNCTION add_feed_entries();
+
+INSERT INTO feed_entries (application_id, txid, seq)
+SELECT r.application_id, ev.txid, ev.seq
+FROM events ev CROSS JOIN LATERAL readers(ev.application_id, ev.clinic_id, ev.event_type) r;
 DROP INDEX events_feed;
 
--- Intake of one partner event in one round trip: kept for the feed, its resource's gap-free
--- mark moved on, a feed entry for each application that may see it, and one delivery made per
--- enabled endpoint of theirs that subscribed to it.
+-- Intake of one partner event in one round trip: kept (with its feed entries), its resource's
+-- gap-free mark moved on, and one delivery made per enabled endpoint of its readers that
+-- subscribed to it.
 -- Returns how many deliveries were made; 0 for an event kept already. PL/pgSQL because each
 -- statement here must see what other transactions committed before it started (a function's
 -- statements each take a fresh snapshot), which one statement of CTEs would not.
@@ -123,15 +142,8 @@ BEGIN
         END IF;
     END IF;
 
-    -- The application the event is addressed to, or those that may see its clinic's events.
-    v_readers := CASE
-        WHEN p_application IS NOT NULL THEN ARRAY[p_application]
-        WHEN p_clinic IS NOT NULL THEN ARRAY(SELECT x.application_id
-                                             FROM audience(p_clinic, p_type) x)
-        ELSE '{}'::uuid[]
-    END;
-    INSERT INTO feed_entries (application_id, txid, seq)
-    SELECT r, pg_current_xact_id(), v_seq FROM unnest(v_readers) r;
+    -- Its readers, as the insert's trigger has just written their feed entries.
+    v_readers := ARRAY(SELECT f.application_id FROM feed_entries f WHERE f.seq = v_seq);
 
     INSERT INTO deliveries (id, endpoint_id, event_seq, event_id, event_type, aggregate,
                             sequence)
