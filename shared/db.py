@@ -89,9 +89,15 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(
-    dsn: str, *, schema: str = "public", min_size: int = 2, max_size: int = 10
+    dsn: str,
+    *,
+    schema: str = "public",
+    min_size: int = 2,
+    max_size: int = 10,
+    settings: Mapping[str, str] | None = None,
 ) -> asyncpg.Pool:
-    """Open a pool on the service's schema whose connections speak JSON for json/jsonb."""
+    """Open a pool on the service's schema whose connections speak JSON for json/jsonb;
+    ``settings`` are server settings for its connections' sessions."""
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
@@ -99,7 +105,11 @@ async def create_pool(
         init=_init_connection,
         reset=_keep_session,
         command_timeout=30,
-        server_settings={"search_path": f"{schema},public", "application_name": "vetgate"},
+        server_settings={
+            "search_path": f"{schema},public",
+            "application_name": "vetgate",
+            **(settings or {}),
+        },
     )
     assert pool is not None
     return pool

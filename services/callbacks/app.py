@@ -59,12 +59,16 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         attempts.labels(result).inc()
 
     # The delivery loop's claims and records have connections of their own, so that a burst
-    # of intake transactions holding the shared pool never queues them.
+    # of intake transactions holding the shared pool never queues them. Their statements find
+    # deliveries by key or through an index; a plan cached while the table was nearly empty
+    # (a new deployment) would otherwise read the whole table on every claim as it grows,
+    # until the next ANALYZE.
     delivery_pool = await create_pool(
         settings.database_url,
         schema=settings.db_schema,
         min_size=1,
         max_size=2,  # the claims, and the writer beside them
+        settings={"enable_seqscan": "off"},
     )
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(close_pool, delivery_pool)
