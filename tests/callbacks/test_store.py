@@ -216,9 +216,22 @@ async def _deliveries(
     return ids
 
 
-async def _claim(conn: asyncpg.Connection, *, limit: int, cap: int) -> list[asyncpg.Record]:
+async def _claim(
+    conn: asyncpg.Connection,
+    *,
+    limit: int,
+    cap: int,
+    token: uuid.UUID | None = None,
+    finished: dict[uuid.UUID, uuid.UUID] | None = None,
+) -> list[asyncpg.Record]:
     return await store.claim_deliveries(
-        conn, limit=limit, endpoint_cap=cap, lease_seconds=60, gap_seconds=10, token=uuid.uuid4()
+        conn,
+        limit=limit,
+        endpoint_cap=cap,
+        lease_seconds=60,
+        gap_seconds=10,
+        token=token or uuid.uuid4(),
+        finished=finished,
     )
 
 
@@ -301,22 +314,12 @@ async def test_answered_attempts_not_yet_recorded_free_their_slots(pool: asyncpg
         await _deliveries(conn, other, 5, attempts=0, due_in=0)
 
         token = uuid.uuid4()
-        first = await store.claim_deliveries(
-            conn, limit=100, endpoint_cap=4, lease_seconds=60, gap_seconds=10, token=token
-        )
+        first = await _claim(conn, limit=100, cap=4, token=token)
         mine = [r["id"] for r in first if r["endpoint_id"] == endpoint_id]
         # Two of this endpoint's four have been answered; their records are on the way. A third
         # is named with a token it does not hold (its lease went elsewhere): it still counts.
         finished = {mine[0]: token, mine[1]: token, mine[2]: uuid.uuid4(), uuid.uuid4(): token}
-        second = await store.claim_deliveries(
-            conn,
-            limit=100,
-            endpoint_cap=4,
-            lease_seconds=60,
-            gap_seconds=10,
-            token=uuid.uuid4(),
-            finished=finished,
-        )
+        second = await _claim(conn, limit=100, cap=4, finished=finished)
 
     assert len(first) == 8
     assert [r["endpoint_id"] for r in second] == [endpoint_id, endpoint_id]

@@ -210,6 +210,17 @@ async def test_same_event_twice_takes_effect_once(
     assert await processed(pool, sub, other) == 1
 
 
+async def dead_lettered(
+    sub: Subscription, broker: tuple[Broker, list[str]], amqp: aio_pika.abc.AbstractChannel
+) -> tuple[Event, AbstractIncomingMessage]:
+    """Publish one event to ``sub`` and take it off its dead-letter queue."""
+    bus, _ = broker
+    event = Event(type=sub.event_type, data={"note": "poison"})
+    await bus.publish(event.type, event.model_dump(mode="json"), event.id)
+    (dead,) = await dead_letters(amqp, sub, 1)
+    return event, dead
+
+
 async def test_failing_handler_is_retried_then_dead_lettered(
     pool: asyncpg.Pool,
     broker: tuple[Broker, list[str]],
@@ -217,11 +228,7 @@ async def test_failing_handler_is_retried_then_dead_lettered(
     amqp: aio_pika.abc.AbstractChannel,
 ) -> None:
     sub = await subscribe(broker, overrides, pool, failing, delivery_limit=2)
-    bus, _ = broker
-    event = Event(type=sub.event_type, data={"note": "poison"})
-    await bus.publish(event.type, event.model_dump(mode="json"), event.id)
-
-    (dead,) = await dead_letters(amqp, sub, 1)
+    event, dead = await dead_lettered(sub, broker, amqp)
     assert dead.message_id == str(event.id)
     assert Event.model_validate_json(dead.body) == event
     assert dead.headers.get("x-first-death-reason") == "delivery_limit"
@@ -248,13 +255,9 @@ async def test_a_handler_misusing_its_connection_is_dead_lettered_not_waited_on(
         return handle
 
     sub = await subscribe(broker, overrides, pool, nesting, delivery_limit=2)
-    bus, _ = broker
-    event = Event(type=sub.event_type, data={"note": "nested"})
-    await bus.publish(event.type, event.model_dump(mode="json"), event.id)
-
     # Were it taken for the database being away, the message would be held and retried for
     # ever; as a handler failure it uses up its delivery limit.
-    (dead,) = await dead_letters(amqp, sub, 1)
+    event, dead = await dead_lettered(sub, broker, amqp)
     assert dead.message_id == str(event.id)
     assert await processed(pool, sub, event) == 0
 
